@@ -1,0 +1,135 @@
+"""The one preprocessing path: training, evaluation and serving all import it.
+
+Images become uint8 CHW tensors here; normalisation is the ``Normalize`` module at the
+front of the network, so batches travel as uint8 and are normalised on the device.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageError(ValueError):
+    """The bytes are not an image we can use; the message says why."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than allowed (a possible decompression bomb)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Sizes and normalisation a checkpoint was trained with."""
+
+    input_size: int = 227
+    resize_size: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def open_image(source: bytes | str | Path, *, max_pixels: int | None = None, draft_size: int | None = None) -> Image.Image:
+    """Decode an image as RGB with its EXIF orientation applied.
+
+    Dimensions are checked against ``max_pixels`` before any pixel is decoded. With
+    ``draft_size`` a JPEG much larger than needed is decoded at a DCT-reduced scale
+    whose shorter side stays at least ``draft_size``.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    try:
+        with stream:
+            image = _decode(stream, max_pixels=max_pixels, draft_size=draft_size)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"cannot decode image: {exc}") from exc
+    return image
+
+
+def _decode(stream: io.IOBase, *, max_pixels: int | None, draft_size: int | None) -> Image.Image:
+    try:
+        image = Image.open(stream)
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError("not a recognised image format") from exc
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed")
+    if draft_size is not None and image.format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
+    image.load()  # first frame only for GIF/TIFF/WebP animations
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, RGBA, P, CMYK, I;16, I, F) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16-bit and 32-bit greyscale: scale the used range down to 8 bits instead of clipping.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (antialiased), keeping the aspect ratio."""
+    return TF.resize(image, [size], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+
+def eval_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """Evaluation transform: resize shorter side, center crop, uint8 CHW tensor."""
+    image = TF.center_crop(resize_shorter(image, prep.resize_size), [prep.input_size])
+    return TF.pil_to_tensor(image)
+
+
+def load_eval_tensor(source: bytes | str | Path, prep: Preprocessing, *, max_pixels: int | None = None) -> torch.Tensor:
+    """Decode and run the evaluation transform; what serving does for each upload."""
+    return eval_tensor(open_image(source, max_pixels=max_pixels, draft_size=prep.resize_size), prep)
+
+
+def train_augment(prep: Preprocessing) -> v2.Transform:
+    """Training augmentation over uint8 CHW tensors (random resized crop, flip, colour jitter)."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(prep.input_size, scale=(0.3, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
+        ]
+    )
+
+
+class Normalize(nn.Module):
+    """uint8 (or 0–255 float) NCHW batch → normalised float in the module's dtype."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.scale.dtype) * self.scale + self.shift

@@ -1,0 +1,229 @@
+"""Train the classic AlexNet on an image folder, resumably, and write a checkpoint,
+a JSON summary and a plot of the curves.
+
+    python -m model.train --data ../shared/data/catdog --out runs/catdog
+
+``DATA/train`` is trained on, ``DATA/val`` selects the best epoch. Re-running the same
+command resumes from ``OUT/state.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model import network
+from model.checkpoint import ModelMeta, load_training_state, save_checkpoint, save_training_state
+from model.data import CachedImages
+from model.evaluate import Report, confusion_matrix
+from model.precision import cpu_has_fast_bf16, resolve_device
+from model.presets import Normalize, Preprocessing, train_augment
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train AlexNet on DATA/train, select on DATA/val", add_help=add_help)
+    parser.add_argument("--data", required=True, help="folder with train/ and val/ image folders")
+    parser.add_argument("--out", required=True, help="run folder: state, checkpoint, summary, plot")
+    parser.add_argument("--name", default="alexnet-catdog", help="model name stored in the checkpoint")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--workers", type=int, default=1, help="augmentation processes")
+    parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default OUT/cache)")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many images per split")
+    return parser
+
+
+def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 on CPUs with native bf16 (AVX512-BF16/AMX), bf16/fp16 on CUDA."""
+    if choice == "off":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    *,
+    device: torch.device,
+    autocast: Any,
+    schedule: Any,
+    first_step: int,
+    desc: str,
+) -> float:
+    """One pass over ``loader``; returns the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, mininterval=1 if sys.stderr.isatty() else 30, leave=False)
+    for i, (images, targets) in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule(first_step + i)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with autocast():
+            loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        total += loss.item() * len(targets)
+        count += len(targets)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(1, count)
+
+
+def plot_history(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], label="val accuracy", color="tab:green")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    prep = Preprocessing()
+    cache = args.cache_dir or out / "cache"
+    train_set = CachedImages(Path(args.data) / "train", prep, split="train", cache_dir=cache, limit=args.limit, transform=train_augment(prep))
+    val_set = CachedImages(Path(args.data) / "val", prep, split="eval", cache_dir=cache, limit=args.limit)
+    labels = tuple(train_set.classes)
+
+    net = network.AlexNet(len(labels))
+    model = nn.Sequential(Normalize(prep.mean, prep.std), net).to(device).to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, momentum=args.momentum, nesterov=True,
+    )
+    state_path = out / "state.pt"
+    start_epoch, history, best = 0, [], {"val_accuracy": -1.0, "epoch": 0}
+    if state_path.is_file():
+        state = load_training_state(state_path)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
+        torch.set_rng_state(state["rng"])
+        print(f"resumed from {state_path} after epoch {start_epoch}", flush=True)
+
+    generator = torch.Generator()
+    loader = DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
+        persistent_workers=args.workers > 0, generator=generator,
+    )
+    val_loader = DataLoader(val_set, batch_size=100)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * args.epochs
+    warmup = int(args.warmup_epochs * steps_per_epoch)
+    dtype = amp_dtype(args.amp, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+    runner = torch.compile(model) if args.compile else model
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    print(f"device={device} amp={dtype} compile={args.compile} train={len(train_set)} val={len(val_set)} "
+          f"steps/epoch={steps_per_epoch} epochs={args.epochs}", flush=True)
+
+    started = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        generator.manual_seed(args.seed * 1000 + epoch)
+        epoch_start = time.time()
+        train_loss = train_one_epoch(
+            runner, loader, optimizer, criterion, device=device, autocast=autocast,
+            schedule=lambda step: lr_at(step, total_steps, warmup, args.lr),
+            first_step=epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
+        )
+        runner.eval()
+        with autocast():
+            report = Report(labels, confusion_matrix(runner, val_loader, len(labels), device))
+        seconds = time.time() - epoch_start
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_accuracy": report.accuracy,
+                        "seconds": seconds, "images_per_second": len(train_set) / seconds})
+        if report.accuracy > best["val_accuracy"]:
+            best = {"val_accuracy": report.accuracy, "epoch": epoch + 1}
+            save_checkpoint(out / "best.safetensors", net, ModelMeta(args.name, network.CLASSIC, labels, prep, {"epoch": epoch + 1}))
+        save_training_state(state_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                                         "history": history, "best": best, "rng": torch.get_rng_state()})
+        print(f"epoch {epoch + 1}/{args.epochs} loss {train_loss:.4f} val_acc {100 * report.accuracy:.2f}% "
+              f"best {100 * best['val_accuracy']:.2f}% (epoch {best['epoch']}) {seconds:.0f}s", flush=True)
+        plot_history(history, out / "curves.png")
+    return finish(args, out, labels, prep, history, best, device, dtype, time.time() - started)
+
+
+def finish(args: argparse.Namespace, out: Path, labels: tuple[str, ...], prep: Preprocessing,
+           history: list[dict[str, float]], best: dict[str, Any], device: torch.device,
+           dtype: torch.dtype | None, seconds: float) -> dict[str, Any]:
+    """Write the final checkpoint (the best epoch on val) with its training summary."""
+    from model.checkpoint import load_checkpoint
+
+    summary = {
+        "data": str(Path(args.data).resolve()), "train_images": None, "labels": list(labels),
+        "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "epochs": args.epochs,
+        "seed": args.seed, "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
+        "device": str(device), "amp": str(dtype), "cpu": platform.processor() or platform.machine(),
+        "seconds_this_run": round(seconds, 1), "seconds_total": round(sum(h["seconds"] for h in history), 1),
+        "history": history,
+    }
+    best_net = load_checkpoint(out / "best.safetensors").network
+    meta = ModelMeta(args.name, network.CLASSIC, labels, prep, {k: v for k, v in summary.items() if k != "history"})
+    save_checkpoint(out / "model.safetensors", best_net, meta)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if history:
+        plot_history(history, out / "curves.png")
+    print(f"done: best val accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']}; "
+          f"wrote {out / 'model.safetensors'}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
