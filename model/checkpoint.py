@@ -197,7 +197,8 @@ def _detect(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, int]:
     linears = _ordered(state, "classifier.", 2)
     if len(convs) != 5 or len(linears) != 3:
         raise CheckpointError(
-            path, f"not an AlexNet state dict: found {len(convs)} conv and {len(linears)} linear weights, expected 5 and 3"
+            path,
+            f"not an AlexNet state dict: found {len(convs)} conv and {len(linears)} linear weights, expected 5 and 3",
         )
     channels = tuple(int(state[key].shape[0]) for _, key in convs)
     num_classes = int(state[linears[-1][1]].shape[0])
@@ -206,14 +207,22 @@ def _detect(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, int]:
     if channels == _CLASSIC_CONVS:
         indices = [index for index, _ in convs]
         return (network.CLASSIC if indices[1] - indices[0] == 4 else network.CLASSIC_NO_RELU1), num_classes
-    raise CheckpointError(path, f"conv channels {channels} match no known AlexNet ({_CLASSIC_CONVS} or {_TORCHVISION_CONVS})")
+    raise CheckpointError(
+        path, f"conv channels {channels} match no known AlexNet ({_CLASSIC_CONVS} or {_TORCHVISION_CONVS})"
+    )
 
 
 def _ordered(state: dict[str, torch.Tensor], prefix: str, dims: int) -> list[tuple[int, str]]:
     found = []
     for key, value in state.items():
         parts = key.split(".")
-        if key.startswith(prefix) and len(parts) == 3 and parts[2] == "weight" and parts[1].isdigit() and value.dim() == dims:
+        if (
+            key.startswith(prefix)
+            and len(parts) == 3
+            and parts[2] == "weight"
+            and parts[1].isdigit()
+            and value.dim() == dims
+        ):
             found.append((int(parts[1]), key))
     return sorted(found)
 
@@ -245,7 +254,8 @@ def _resolve_labels(path: Path, labels: list[str] | None, num_classes: int, arch
     if num_classes == 2:
         return ("cat", "dog")
     raise CheckpointError(
-        path, f"{num_classes} classes but no label names: pass labels or put one name per line in {path.name}.labels.txt"
+        path,
+        f"{num_classes} classes but no label names: pass labels or put one name per line in {path.name}.labels.txt",
     )
 
 

@@ -67,9 +67,13 @@ class CachedImages(Dataset[tuple[torch.Tensor, int]]):
         self.transform = transform
         self.classes, samples = list_image_folder(self.root)
         if limit is not None:
-            samples = samples[::max(1, len(samples) // limit)][:limit]
+            samples = samples[:: max(1, len(samples) // limit)][:limit]
         key = json.dumps([_CACHE_VERSION, split, str(self.root.resolve()), len(samples), prep.__dict__], default=str)
-        cache = Path(cache_dir) / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors" if cache_dir else None
+        cache = (
+            Path(cache_dir) / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.safetensors"
+            if cache_dir
+            else None
+        )
         self.images, self.targets = self._load_or_build(samples, prep, split, cache)
 
     def _load_or_build(

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -59,7 +58,9 @@ class Report:
         lines = [f"images: {self.total}   accuracy: {100 * self.accuracy:.2f}%", ""]
         lines.append(f"{'class':<{width}}  precision  recall  support")
         for i, label in enumerate(self.labels):
-            lines.append(f"{label:<{width}}  {self.precision(i):9.4f}  {self.recall(i):6.4f}  {sum(self.confusion[i]):7d}")
+            lines.append(
+                f"{label:<{width}}  {self.precision(i):9.4f}  {self.recall(i):6.4f}  {sum(self.confusion[i]):7d}"
+            )
         lines += ["", "confusion matrix (rows: true, columns: predicted)"]
         lines.append(" " * width + "".join(f"{label:>{width + 2}}" for label in self.labels))
         for label, row in zip(self.labels, self.confusion, strict=True):

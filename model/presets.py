@@ -30,6 +30,10 @@ class ImageTooLargeError(ImageError):
     """The image has more pixels than allowed (a possible decompression bomb)."""
 
 
+class UnsupportedFormatError(ImageError):
+    """A real image, but in a format the caller does not accept."""
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Sizes and normalisation a checkpoint was trained with."""
@@ -40,17 +44,24 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def open_image(source: bytes | str | Path, *, max_pixels: int | None = None, draft_size: int | None = None) -> Image.Image:
+def open_image(
+    source: bytes | str | Path,
+    *,
+    max_pixels: int | None = None,
+    draft_size: int | None = None,
+    formats: frozenset[str] | None = None,
+) -> Image.Image:
     """Decode an image as RGB with its EXIF orientation applied.
 
     Dimensions are checked against ``max_pixels`` before any pixel is decoded. With
     ``draft_size`` a JPEG much larger than needed is decoded at a DCT-reduced scale
-    whose shorter side stays at least ``draft_size``.
+    whose shorter side stays at least ``draft_size``. ``formats`` (PIL format names)
+    restricts what is accepted.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     try:
         with stream:
-            image = _decode(stream, max_pixels=max_pixels, draft_size=draft_size)
+            image = _decode(stream, max_pixels=max_pixels, draft_size=draft_size, formats=formats)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -60,14 +71,20 @@ def open_image(source: bytes | str | Path, *, max_pixels: int | None = None, dra
     return image
 
 
-def _decode(stream: io.IOBase, *, max_pixels: int | None, draft_size: int | None) -> Image.Image:
+def _decode(
+    stream: io.IOBase, *, max_pixels: int | None, draft_size: int | None, formats: frozenset[str] | None
+) -> Image.Image:
     try:
         image = Image.open(stream)
     except Image.UnidentifiedImageError as exc:
         raise ImageError("not a recognised image format") from exc
+    if formats is not None and image.format not in formats:
+        raise UnsupportedFormatError(f"{image.format} images are not accepted; use one of {', '.join(sorted(formats))}")
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed")
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed"
+        )
     if draft_size is not None and image.format == "JPEG":
         image.draft("RGB", (draft_size, draft_size))
     image.load()  # first frame only for GIF/TIFF/WebP animations
@@ -105,9 +122,16 @@ def eval_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     return TF.pil_to_tensor(image)
 
 
-def load_eval_tensor(source: bytes | str | Path, prep: Preprocessing, *, max_pixels: int | None = None) -> torch.Tensor:
+def load_eval_tensor(
+    source: bytes | str | Path,
+    prep: Preprocessing,
+    *,
+    max_pixels: int | None = None,
+    formats: frozenset[str] | None = None,
+) -> torch.Tensor:
     """Decode and run the evaluation transform; what serving does for each upload."""
-    return eval_tensor(open_image(source, max_pixels=max_pixels, draft_size=prep.resize_size), prep)
+    image = open_image(source, max_pixels=max_pixels, draft_size=prep.resize_size, formats=formats)
+    return eval_tensor(image, prep)
 
 
 def train_augment(prep: Preprocessing) -> v2.Transform:

@@ -136,7 +136,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     prep = Preprocessing()
     cache = args.cache_dir or out / "cache"
-    train_set = CachedImages(Path(args.data) / "train", prep, split="train", cache_dir=cache, limit=args.limit, transform=train_augment(prep))
+    train_set = CachedImages(
+        Path(args.data) / "train", prep, split="train", cache_dir=cache, limit=args.limit, transform=train_augment(prep)
+    )
     val_set = CachedImages(Path(args.data) / "val", prep, split="eval", cache_dir=cache, limit=args.limit)
     labels = tuple(train_set.classes)
 
@@ -146,7 +148,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
     optimizer = torch.optim.SGD(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=args.momentum, nesterov=True,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=True,
     )
     state_path = out / "state.pt"
     start_epoch, history, best = 0, [], {"val_accuracy": -1.0, "epoch": 0}
@@ -160,8 +164,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     generator = torch.Generator()
     loader = DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
-        persistent_workers=args.workers > 0, generator=generator,
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        generator=generator,
     )
     val_loader = DataLoader(val_set, batch_size=100)
     steps_per_epoch = len(loader)
@@ -171,47 +180,93 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
     runner = torch.compile(model) if args.compile else model
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    print(f"device={device} amp={dtype} compile={args.compile} train={len(train_set)} val={len(val_set)} "
-          f"steps/epoch={steps_per_epoch} epochs={args.epochs}", flush=True)
+    print(
+        f"device={device} amp={dtype} compile={args.compile} train={len(train_set)} val={len(val_set)} "
+        f"steps/epoch={steps_per_epoch} epochs={args.epochs}",
+        flush=True,
+    )
 
     started = time.time()
     for epoch in range(start_epoch, args.epochs):
         generator.manual_seed(args.seed * 1000 + epoch)
         epoch_start = time.time()
         train_loss = train_one_epoch(
-            runner, loader, optimizer, criterion, device=device, autocast=autocast,
+            runner,
+            loader,
+            optimizer,
+            criterion,
+            device=device,
+            autocast=autocast,
             schedule=lambda step: lr_at(step, total_steps, warmup, args.lr),
-            first_step=epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
+            first_step=epoch * steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{args.epochs}",
         )
         runner.eval()
         with autocast():
             report = Report(labels, confusion_matrix(runner, val_loader, len(labels), device))
         seconds = time.time() - epoch_start
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_accuracy": report.accuracy,
-                        "seconds": seconds, "images_per_second": len(train_set) / seconds})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_accuracy": report.accuracy,
+                "seconds": seconds,
+                "images_per_second": len(train_set) / seconds,
+            }
+        )
         if report.accuracy > best["val_accuracy"]:
             best = {"val_accuracy": report.accuracy, "epoch": epoch + 1}
-            save_checkpoint(out / "best.safetensors", net, ModelMeta(args.name, network.CLASSIC, labels, prep, {"epoch": epoch + 1}))
-        save_training_state(state_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                                         "history": history, "best": best, "rng": torch.get_rng_state()})
-        print(f"epoch {epoch + 1}/{args.epochs} loss {train_loss:.4f} val_acc {100 * report.accuracy:.2f}% "
-              f"best {100 * best['val_accuracy']:.2f}% (epoch {best['epoch']}) {seconds:.0f}s", flush=True)
+            save_checkpoint(
+                out / "best.safetensors", net, ModelMeta(args.name, network.CLASSIC, labels, prep, {"epoch": epoch + 1})
+            )
+        save_training_state(
+            state_path,
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "best": best,
+                "rng": torch.get_rng_state(),
+            },
+        )
+        print(
+            f"epoch {epoch + 1}/{args.epochs} loss {train_loss:.4f} val_acc {100 * report.accuracy:.2f}% "
+            f"best {100 * best['val_accuracy']:.2f}% (epoch {best['epoch']}) {seconds:.0f}s",
+            flush=True,
+        )
         plot_history(history, out / "curves.png")
     return finish(args, out, labels, prep, history, best, device, dtype, time.time() - started)
 
 
-def finish(args: argparse.Namespace, out: Path, labels: tuple[str, ...], prep: Preprocessing,
-           history: list[dict[str, float]], best: dict[str, Any], device: torch.device,
-           dtype: torch.dtype | None, seconds: float) -> dict[str, Any]:
+def finish(
+    args: argparse.Namespace,
+    out: Path,
+    labels: tuple[str, ...],
+    prep: Preprocessing,
+    history: list[dict[str, float]],
+    best: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    seconds: float,
+) -> dict[str, Any]:
     """Write the final checkpoint (the best epoch on val) with its training summary."""
     from model.checkpoint import load_checkpoint
 
     summary = {
-        "data": str(Path(args.data).resolve()), "train_images": None, "labels": list(labels),
-        "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "epochs": args.epochs,
-        "seed": args.seed, "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
-        "device": str(device), "amp": str(dtype), "cpu": platform.processor() or platform.machine(),
-        "seconds_this_run": round(seconds, 1), "seconds_total": round(sum(h["seconds"] for h in history), 1),
+        "data": str(Path(args.data).resolve()),
+        "train_images": None,
+        "labels": list(labels),
+        "best_epoch": best["epoch"],
+        "best_val_accuracy": best["val_accuracy"],
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
+        "device": str(device),
+        "amp": str(dtype),
+        "cpu": platform.processor() or platform.machine(),
+        "seconds_this_run": round(seconds, 1),
+        "seconds_total": round(sum(h["seconds"] for h in history), 1),
         "history": history,
     }
     best_net = load_checkpoint(out / "best.safetensors").network
@@ -220,8 +275,11 @@ def finish(args: argparse.Namespace, out: Path, labels: tuple[str, ...], prep: P
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if history:
         plot_history(history, out / "curves.png")
-    print(f"done: best val accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']}; "
-          f"wrote {out / 'model.safetensors'}", flush=True)
+    print(
+        f"done: best val accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']}; "
+        f"wrote {out / 'model.safetensors'}",
+        flush=True,
+    )
     return summary
 
 

@@ -1,0 +1,104 @@
+"""The torch side of the service: load, warm up, preprocess one upload, run one batch.
+
+Routes and the batcher never import torch; they hand opaque tensors to this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from app.config import Settings
+from model.checkpoint import load_checkpoint
+from model.inference import inference_module
+from model.precision import parse_dtype, resolve_device
+from model.presets import load_eval_tensor
+
+logger = logging.getLogger(__name__)
+
+# PIL format names we accept (JPEG, PNG, WebP, BMP, GIF's first frame, TIFF).
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """Batch sizes the model is compiled and warmed for: powers of two up to the maximum."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if max_batch_size > 1:
+        sizes.append(max_batch_size)
+    return sizes
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    labels: tuple[str, ...]
+    input_size: int
+    resize_size: int
+    device: str
+    dtype: str
+    compiled: bool
+    arch: str
+
+
+class Engine:
+    """A loaded model ready to run batches of preprocessed images."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.checkpoint = load_checkpoint(settings.checkpoint, labels=settings.label_list)
+        self.device = resolve_device(settings.device)
+        self.dtype = parse_dtype(settings.dtype, self.device)
+        self.prep = self.checkpoint.meta.preprocessing
+        self.max_image_pixels = settings.max_image_pixels
+        self.buckets = batch_buckets(settings.max_batch_size)
+        self.compiled = settings.compile
+        module = inference_module(self.checkpoint, self.device, self.dtype)
+        self._module = torch.compile(module, dynamic=False) if settings.compile else module
+        meta = self.checkpoint.meta
+        self.info = ModelInfo(
+            name=meta.name,
+            labels=meta.labels,
+            input_size=self.prep.input_size,
+            resize_size=self.prep.resize_size,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            compiled=self.compiled,
+            arch=meta.arch,
+        )
+
+    def preprocess(self, data: bytes) -> torch.Tensor:
+        """Upload bytes → uint8 CHW tensor; raises ``model.presets.ImageError`` subclasses."""
+        return load_eval_tensor(data, self.prep, max_pixels=self.max_image_pixels, formats=ACCEPTED_FORMATS)
+
+    def warm_up(self) -> float:
+        """Run every bucket size once (compiling it when enabled); returns seconds taken."""
+        started = time.monotonic()
+        size = self.prep.input_size
+        for bucket in self.buckets:
+            self.run_tensors(torch.zeros(bucket, 3, size, size, dtype=torch.uint8))
+        seconds = time.monotonic() - started
+        logger.info("warmed up batch sizes %s in %.1f s", self.buckets, seconds)
+        return seconds
+
+    def run(self, images: list[torch.Tensor]) -> list[list[float]]:
+        """A batch of uint8 CHW tensors → one list of class probabilities per image."""
+        return self.run_tensors(torch.stack(images)).tolist()
+
+    def run_tensors(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW → float32 probabilities, padding the batch up to its bucket."""
+        count = batch.shape[0]
+        bucket = next((b for b in self.buckets if b >= count), count)
+        if bucket > count:
+            batch = torch.cat([batch, batch.new_zeros((bucket - count, *batch.shape[1:]))])
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            logits = self._module(batch)[:count]
+            return logits.float().softmax(dim=1).cpu()

@@ -1,0 +1,72 @@
+"""Response bodies, as documented in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    label: str = Field(examples=["cat"])
+    index: int = Field(examples=[0])
+    probability: float = Field(examples=[0.97])
+
+
+class Classification(BaseModel):
+    label: str = Field(description="Top-1 label.", examples=["cat"])
+    probability: float = Field(description="Top-1 probability.", examples=[0.97])
+    predictions: list[Prediction] = Field(description="The top_k classes, most probable first.")
+
+
+class PredictResponse(Classification):
+    model: str = Field(examples=["alexnet-catdog"])
+
+
+class MultiPredictResponse(BaseModel):
+    model: str = Field(examples=["alexnet-catdog"])
+    results: list[Classification] = Field(description="One result per uploaded file, in upload order.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_image"])
+    message: str = Field(examples=["cannot decode image: image file is truncated"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_delay_ms: float
+    max_queue: int
+    request_timeout_s: float
+    buckets: list[int]
+
+
+class ModelDescription(BaseModel):
+    name: str
+    arch: str
+    labels: list[str]
+    num_classes: int
+    input_size: int
+    resize_size: int
+    device: str
+    dtype: str
+    compiled: bool
+    ready: bool
+    batching: BatchingInfo
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelDescription]
+
+
+class Status(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+def classify(probabilities: list[float], labels: tuple[str, ...], top_k: int) -> Classification:
+    """The ``top_k`` most probable classes of one image, most probable first."""
+    order = sorted(range(len(probabilities)), key=probabilities.__getitem__, reverse=True)[:top_k]
+    predictions = [Prediction(label=labels[i], index=i, probability=probabilities[i]) for i in order]
+    return Classification(label=predictions[0].label, probability=predictions[0].probability, predictions=predictions)
