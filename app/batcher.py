@@ -144,7 +144,7 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrival.wait(), remaining)
             batch += self._take(self.max_batch_size - len(batch))
-        return batch
+        return [pending for pending in batch if not pending.future.done()]  # callers gone meanwhile
 
     def _take(self, limit: int) -> list[_Pending[T, R]]:
         taken: list[_Pending[T, R]] = []

@@ -1,0 +1,1 @@
+"""Peer servers for comparison: the same model and preprocessing behind other serving styles."""

@@ -1,0 +1,119 @@
+"""Shared fixtures: random-weight checkpoints, generated images, in-process and real servers."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+
+from model.checkpoint import ModelMeta, save_checkpoint
+from model.network import AlexNet
+
+REPO = Path(__file__).resolve().parents[1]
+CATDOG = REPO.parent / "shared" / "data" / "catdog"
+SHIPPED = REPO / "model" / "weights" / "catdog.safetensors"
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cat/dog AlexNet with random weights in our format (int8, ~58 MB)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "random-catdog.safetensors"
+    return save_checkpoint(path, AlexNet(2), ModelMeta("random-catdog", "alexnet", ("cat", "dog")), int8=True)
+
+
+def make_image(seed: int = 0, size: tuple[int, int] = (320, 240), fmt: str = "JPEG", mode: str = "RGB") -> bytes:
+    """A distinct noisy picture per seed, encoded in ``fmt``."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1] // 8, size[0] // 8, 3), generator=generator, dtype=torch.uint8)
+    image = Image.fromarray(pixels.numpy(), "RGB").resize(size, Image.Resampling.BILINEAR).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def image_bytes() -> Callable[..., bytes]:
+    return make_image
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningServer:
+    """A real ``python -m app`` process on 127.0.0.1."""
+
+    def __init__(self, env: dict[str, str], *, wait_ready: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = os.environ | {"ALEXNET_HOST": "127.0.0.1", "ALEXNET_PORT": str(self.port)} | env
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"alexnet-serve-{self.port}.log", "w+b")  # noqa: SIM115
+        self.process = subprocess.Popen([sys.executable, "-m", "app"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait_ready:
+            self.wait("/readyz")
+
+    def wait(self, path: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{path} not 200 after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., RunningServer]]:
+    servers: list[RunningServer] = []
+
+    def start(env: dict[str, str], *, wait_ready: bool = True) -> RunningServer:
+        server = RunningServer(env, wait_ready=wait_ready)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fp32_server(random_checkpoint: Path) -> Iterator[RunningServer]:
+    """A real server in fp32 with a wide batching window, shared by a test module."""
+    server = RunningServer(
+        {"ALEXNET_CHECKPOINT": str(random_checkpoint), "ALEXNET_DTYPE": "fp32", "ALEXNET_MAX_DELAY_MS": "50"}
+    )
+    yield server
+    server.stop()

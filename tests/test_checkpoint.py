@@ -1,0 +1,133 @@
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from model import network
+from model.checkpoint import CheckpointError, ModelMeta, load_checkpoint, save_checkpoint
+from model.presets import IMAGENET_MEAN, Preprocessing
+
+
+def _same_weights(a: nn.Module, b: nn.Module, atol: float = 0.0) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=atol, rtol=0) for k in sa)
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
+    net = network.AlexNet(3)
+    meta = ModelMeta("animals", network.CLASSIC, ("cat", "dog", "fox"), Preprocessing(), {"epochs": 2, "val_accuracy": 0.5})
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", net, meta))
+    assert loaded.meta == meta
+    assert _same_weights(loaded.network, net)
+    assert not loaded.network.training
+
+
+def test_int8_round_trip_is_close_and_small(tmp_path: Path) -> None:
+    net = network.AlexNet(2)
+    meta = ModelMeta("q", network.CLASSIC, ("cat", "dog"))
+    full = save_checkpoint(tmp_path / "full.safetensors", net, meta)
+    small = save_checkpoint(tmp_path / "q.safetensors", net, meta, int8=True)
+    assert os.path.getsize(small) < 60_000_000 < os.path.getsize(full)
+    loaded = load_checkpoint(small).network
+    for name, weight in net.state_dict().items():
+        step = weight.abs().amax() / 127
+        assert (loaded.state_dict()[name] - weight).abs().max() <= step / 2 + 1e-7, name
+
+
+@pytest.mark.parametrize(("arch", "relu1"), [(network.CLASSIC, True), (network.CLASSIC_NO_RELU1, False)])
+def test_tutorial_state_dict_is_detected(tmp_path: Path, arch: str, relu1: bool) -> None:
+    net = network.AlexNet(2, relu_after_conv1=relu1)
+    torch.save(net.state_dict(), tmp_path / "alexnet.pth")
+    loaded = load_checkpoint(tmp_path / "alexnet.pth")
+    assert (loaded.meta.arch, loaded.meta.labels) == (arch, ("cat", "dog"))
+    assert _same_weights(loaded.network, net)
+    x = torch.randn(1, 3, 227, 227)
+    assert torch.allclose(loaded.network(x), net.eval()(x))
+
+
+def test_data_parallel_prefix_and_sidecar_labels(tmp_path: Path) -> None:
+    state = {f"module.{k}": v for k, v in network.AlexNet(3).state_dict().items()}
+    torch.save(state, tmp_path / "m.pth")
+    (tmp_path / "m.pth.labels.txt").write_text("ant\nbee\nwasp\n")
+    assert load_checkpoint(tmp_path / "m.pth").meta.labels == ("ant", "bee", "wasp")
+    assert load_checkpoint(tmp_path / "m.pth", labels=["a", "b", "c"]).meta.labels == ("a", "b", "c")
+
+
+def test_many_classes_without_labels_is_a_clear_error(tmp_path: Path) -> None:
+    torch.save(network.AlexNet(5).state_dict(), tmp_path / "five.pth")
+    with pytest.raises(CheckpointError, match=r"five\.pth.*5 classes but no label names"):
+        load_checkpoint(tmp_path / "five.pth")
+
+
+def test_torchvision_imagenet_file(tmp_path: Path) -> None:
+    net = torchvision.models.alexnet(weights=None)
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(net.state_dict(), path)
+    loaded = load_checkpoint(path)
+    assert loaded.meta.arch == network.TORCHVISION
+    assert len(loaded.meta.labels) == 1000 and loaded.meta.labels[:2] == ("tench", "goldfish")
+    assert loaded.meta.preprocessing == Preprocessing(227, 256, IMAGENET_MEAN, loaded.meta.preprocessing.std)
+    x = torch.randn(1, 3, 227, 227)
+    assert torch.allclose(loaded.network(x), net.eval()(x))
+
+
+class _RunsCode:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch /tmp/pwned-by-checkpoint",))
+
+
+def test_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"features.0.weight": torch.zeros(1), "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pth.*refused to unpickle"):
+        load_checkpoint(path)
+    raw = tmp_path / "evil-raw.pth"
+    raw.write_bytes(pickle.dumps(_RunsCode(), protocol=2))
+    with pytest.raises(CheckpointError, match="evil-raw.pth"):
+        load_checkpoint(raw)
+    assert not Path("/tmp/pwned-by-checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "neither a PyTorch state dict nor a safetensors file"),
+        (b"hello, I am not a model", "neither a PyTorch state dict nor a safetensors file"),
+    ],
+)
+def test_garbage_files(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "junk.bin"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=problem):
+        load_checkpoint(path)
+
+
+def test_truncated_files(tmp_path: Path) -> None:
+    net = network.AlexNet(2)
+    torch.save(net.state_dict(), tmp_path / "full.pth")
+    save_checkpoint(tmp_path / "full.safetensors", net, ModelMeta("m", network.CLASSIC, ("cat", "dog")))
+    for name in ("full.pth", "full.safetensors"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut-{name}").write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match=f"cut-{name}"):
+            load_checkpoint(tmp_path / f"cut-{name}")
+
+
+def test_not_a_state_dict_and_wrong_shapes(tmp_path: Path) -> None:
+    torch.save([torch.zeros(3)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_checkpoint(tmp_path / "list.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(CheckpointError, match="not an AlexNet state dict"):
+        load_checkpoint(tmp_path / "resnet.pth")
+    state = network.AlexNet(2).state_dict()
+    state["classifier.4.weight"] = torch.zeros(10, 10)
+    torch.save(state, tmp_path / "bent.pth")
+    with pytest.raises(CheckpointError, match="do not fit the alexnet architecture"):
+        load_checkpoint(tmp_path / "bent.pth")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.safetensors")
