@@ -104,7 +104,7 @@ def train_one_epoch(
         optimizer.step()
         total += loss.item() * len(targets)
         count += len(targets)
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     return total / max(1, count)
 
 

@@ -61,7 +61,9 @@ class RunningServer:
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = os.environ | {"ALEXNET_HOST": "127.0.0.1", "ALEXNET_PORT": str(self.port)} | env
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"alexnet-serve-{self.port}.log", "w+b")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "app"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         if wait_ready:
             self.wait("/readyz")
 

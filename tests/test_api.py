@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,7 +55,9 @@ def test_health_ready_models(client: TestClient) -> None:
 
 
 def test_predict_multipart(client: TestClient) -> None:
-    response = client.post("/predict", files={"file": ("cat.jpg", make_image(1), "image/jpeg")}, headers={"X-Request-ID": "abc-123"})
+    response = client.post(
+        "/predict", files={"file": ("cat.jpg", make_image(1), "image/jpeg")}, headers={"X-Request-ID": "abc-123"}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "random-catdog"
@@ -80,7 +82,9 @@ def test_raw_body_and_request_id_generated(client: TestClient) -> None:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
 def test_every_accepted_format(client: TestClient, fmt: str) -> None:
-    response = client.post("/predict", files={"file": (f"x.{fmt.lower()}", make_image(3, fmt=fmt), "application/octet-stream")})
+    response = client.post(
+        "/predict", files={"file": (f"x.{fmt.lower()}", make_image(3, fmt=fmt), "application/octet-stream")}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -94,14 +98,18 @@ def test_top_k(client: TestClient) -> None:
 
 def test_several_files_in_one_request(client: TestClient) -> None:
     images = [make_image(seed) for seed in (10, 11, 12)]
-    response = client.post("/predict", files=[("file", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)])
+    response = client.post(
+        "/predict", files=[("file", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "random-catdog" and len(body["results"]) == 3
     for data, result in zip(images, body["results"], strict=True):
         alone = client.post("/predict", files={"file": ("x.jpg", data, "image/jpeg")}).json()
         assert result["label"] == alone["label"]
-        assert abs(result["probability"] - alone["probability"]) < 5e-3  # bf16 here; fp32 exactness is tested on a real server
+        assert (
+            abs(result["probability"] - alone["probability"]) < 5e-3
+        )  # bf16 here; fp32 exactness is tested on a real server
     assert response.headers["x-batch-size"] in ("3,3,3", "1,2,2", "2,2,1", "2,1,2", "1,1,1")
     too_many = [("file", (f"{i}.jpg", images[0], "image/jpeg")) for i in range(5)]
     _error(client.post("/predict", files=too_many), 400, "malformed_multipart")
@@ -112,15 +120,35 @@ def test_client_errors(client: TestClient) -> None:
     _error(client.post("/predict", content=b"", headers={"Content-Type": "image/jpeg"}), 400, "no_image")
     _error(client.post("/predict", data={"other": "field"}, files={"nofile": ("a.txt", b"x")}), 400, "no_image")
     _error(client.post("/predict", data={"file": "just text"}, files={"x": ("a.txt", b"x")}), 400, "no_image")
-    broken = b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\nabc"
-    _error(client.post("/predict", content=broken, headers={"Content-Type": "multipart/form-data"}), 400, "malformed_multipart")
-    _error(client.post("/predict", content=b"hi", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")
-    _error(client.post("/predict", content=b"<svg/>", headers={"Content-Type": "image/svg+xml"}), 415, "unsupported_media_type")
+    broken = b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\nabc'
+    _error(
+        client.post("/predict", content=broken, headers={"Content-Type": "multipart/form-data"}),
+        400,
+        "malformed_multipart",
+    )
+    _error(
+        client.post("/predict", content=b"hi", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"
+    )
+    _error(
+        client.post("/predict", content=b"<svg/>", headers={"Content-Type": "image/svg+xml"}),
+        415,
+        "unsupported_media_type",
+    )
     ppm = make_image(5, fmt="PPM")
-    _error(client.post("/predict", files={"file": ("a.ppm", ppm, "image/x-portable-pixmap")}), 415, "unsupported_image_format")
-    _error(client.post("/predict", content=b"not an image at all", headers={"Content-Type": "image/jpeg"}), 422, "invalid_image")
+    _error(
+        client.post("/predict", files={"file": ("a.ppm", ppm, "image/x-portable-pixmap")}),
+        415,
+        "unsupported_image_format",
+    )
+    _error(
+        client.post("/predict", content=b"not an image at all", headers={"Content-Type": "image/jpeg"}),
+        422,
+        "invalid_image",
+    )
     jpeg = make_image(6)
-    message = _error(client.post("/predict", files={"file": ("t.jpg", jpeg[: len(jpeg) // 2], "image/jpeg")}), 422, "invalid_image")
+    message = _error(
+        client.post("/predict", files={"file": ("t.jpg", jpeg[: len(jpeg) // 2], "image/jpeg")}), 422, "invalid_image"
+    )
     assert "truncated" in message
     buffer = io.BytesIO()
     Image.new("L", (3000, 2000)).save(buffer, format="PNG")  # a small file of 6 M pixels > 5 M allowed
@@ -161,18 +189,21 @@ def test_overload_gives_429_and_leaks_no_slot(random_checkpoint: Path) -> None:
     with _client(random_checkpoint, max_batch_size=1, max_queue=2, max_delay_ms=0) as client:
         _wait_ready(client)
         entered, release = _gate_model(client)
-        post: Callable[[int], object] = lambda seed: client.post("/predict", files={"file": ("a.jpg", make_image(seed), "image/jpeg")})
+
+        def post(seed: int):  # type: ignore[no-untyped-def]
+            return client.post("/predict", files={"file": ("a.jpg", make_image(seed), "image/jpeg")})
+
         with ThreadPoolExecutor(4) as pool:
             running = pool.submit(post, 1)
             assert entered.wait(10)
             queued = [pool.submit(post, seed) for seed in (2, 3)]
             while client.app.state.service.batcher.queue_depth < 2:  # type: ignore[attr-defined]
                 time.sleep(0.01)
-            refused = client.post("/predict", files={"file": ("a.jpg", make_image(4), "image/jpeg")})
+            refused = post(4)
             _error(refused, 429, "overloaded")
             assert refused.headers["retry-after"] == "1"
             release.set()
-            assert [f.result().status_code for f in [running, *queued]] == [200, 200, 200]  # type: ignore[attr-defined]
+            assert [f.result().status_code for f in [running, *queued]] == [200, 200, 200]
         assert client.app.state.service.batcher.queue_depth == 0  # type: ignore[attr-defined]
         assert post(5).status_code == 200  # type: ignore[attr-defined]
 
@@ -217,7 +248,11 @@ def test_bad_image_in_a_batch_does_not_fail_its_neighbours(random_checkpoint: Pa
         _wait_ready(client)
         bodies = [make_image(seed) for seed in range(6)] + [b"garbage"]
         with ThreadPoolExecutor(7) as pool:
-            responses = list(pool.map(lambda data: client.post("/predict", content=data, headers={"Content-Type": "image/jpeg"}), bodies))
+            responses = list(
+                pool.map(
+                    lambda data: client.post("/predict", content=data, headers={"Content-Type": "image/jpeg"}), bodies
+                )
+            )
         assert [r.status_code for r in responses] == [200] * 6 + [422]
         assert max(int(r.headers["x-batch-size"]) for r in responses[:6]) > 1
 

@@ -19,7 +19,9 @@ def _same_weights(a: nn.Module, b: nn.Module, atol: float = 0.0) -> bool:
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
     net = network.AlexNet(3)
-    meta = ModelMeta("animals", network.CLASSIC, ("cat", "dog", "fox"), Preprocessing(), {"epochs": 2, "val_accuracy": 0.5})
+    meta = ModelMeta(
+        "animals", network.CLASSIC, ("cat", "dog", "fox"), Preprocessing(), {"epochs": 2, "val_accuracy": 0.5}
+    )
     loaded = load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", net, meta))
     assert loaded.meta == meta
     assert _same_weights(loaded.network, net)

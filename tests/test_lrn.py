@@ -5,7 +5,9 @@ from torch import nn
 from model.lrn import LocalResponseNorm
 
 
-@pytest.mark.parametrize(("size", "alpha", "beta", "k"), [(5, 1e-4, 0.75, 2.0), (4, 1e-3, 0.75, 1.0), (3, 2e-4, 0.5, 1.0)])
+@pytest.mark.parametrize(
+    ("size", "alpha", "beta", "k"), [(5, 1e-4, 0.75, 2.0), (4, 1e-3, 0.75, 1.0), (3, 2e-4, 0.5, 1.0)]
+)
 @pytest.mark.parametrize("scale", [0.1, 1.0, 30.0])
 def test_matches_torch_lrn_in_fp32(size: int, alpha: float, beta: float, k: float, scale: float) -> None:
     torch.manual_seed(size)

@@ -29,17 +29,34 @@ def _encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
 
 def _gradient(size: tuple[int, int] = (300, 200)) -> Image.Image:
     x = np.linspace(0, 255, size[0], dtype=np.uint8)
-    rgb = np.stack([np.tile(x, (size[1], 1)), np.full((size[1], size[0]), 80, np.uint8), np.tile(x[::-1], (size[1], 1))], -1)
+    rgb = np.stack(
+        [np.tile(x, (size[1], 1)), np.full((size[1], size[0]), 80, np.uint8), np.tile(x[::-1], (size[1], 1))], -1
+    )
     return Image.fromarray(rgb, "RGB")
 
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"), ("LA", "PNG"), ("RGB", "WEBP"),
-     ("RGB", "BMP"), ("P", "GIF"), ("RGB", "TIFF"), ("1", "PNG")],
+    [
+        ("L", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("LA", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGB", "BMP"),
+        ("P", "GIF"),
+        ("RGB", "TIFF"),
+        ("1", "PNG"),
+    ],
 )
 def test_any_mode_becomes_a_227_rgb_tensor(mode: str, fmt: str) -> None:
-    image = _gradient().convert(mode) if mode != "I;16" else Image.fromarray((np.arange(300 * 200).reshape(200, 300) % 65535).astype(np.uint16))
+    image = (
+        _gradient().convert(mode)
+        if mode != "I;16"
+        else Image.fromarray((np.arange(300 * 200).reshape(200, 300) % 65535).astype(np.uint16))
+    )
     tensor = load_eval_tensor(_encode(image, fmt), PREP)
     assert tensor.shape == (3, 227, 227) and tensor.dtype == torch.uint8
 

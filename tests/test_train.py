@@ -1,0 +1,88 @@
+"""A tiny real training run on generated images, resumed, then evaluated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model import evaluate, train
+from model.checkpoint import load_checkpoint
+
+
+def _make_folder(root: Path, per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for label, channel in (("blue", 2), ("red", 0)):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (120, 160, 3), dtype=np.uint8)
+            pixels[..., channel] = rng.integers(170, 256, (120, 160), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.jpg")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("colours")
+    _make_folder(root / "train", 24, seed=1)
+    _make_folder(root / "val", 8, seed=2)
+    return root
+
+
+def _args(data: Path, out: Path, epochs: int) -> list[str]:
+    return [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.005",
+        "--warmup-epochs",
+        "0",
+        "--no-compile",
+        "--amp",
+        "off",
+        "--workers",
+        "0",
+        "--name",
+        "colours",
+    ]
+
+
+def test_loss_falls_resumes_and_evaluates(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    train.main(train.get_args_parser().parse_args(_args(data, out, 2)))
+    summary = train.main(train.get_args_parser().parse_args(_args(data, out, 5)))  # resumes after epoch 2
+    assert "resumed from" in capsys.readouterr().out
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    assert (out / "curves.png").stat().st_size > 0
+    assert json.loads((out / "summary.json").read_text())["best_epoch"] == summary["best_epoch"]
+
+    checkpoint = load_checkpoint(out / "model.safetensors")
+    assert checkpoint.meta.labels == ("blue", "red") and checkpoint.meta.name == "colours"
+    assert checkpoint.meta.training["best_val_accuracy"] == summary["best_val_accuracy"]
+
+    report = evaluate.main(
+        evaluate.get_args_parser().parse_args(
+            ["--checkpoint", str(out / "model.safetensors"), "--data", str(data / "val"), "--json"]
+        )
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["images"] == 16 and printed["accuracy"] == report.accuracy
+    assert report.accuracy == pytest.approx(summary["best_val_accuracy"])
+    assert set(printed["per_class"]) == {"blue", "red"}
+
+
+def test_report_table() -> None:
+    report = evaluate.Report(("cat", "dog"), [[8, 2], [1, 9]])
+    assert report.accuracy == 0.85
+    assert report.precision(0) == 8 / 9 and report.recall(1) == 0.9
+    table = report.table()
+    assert "accuracy: 85.00%" in table and "confusion matrix" in table
