@@ -10,12 +10,13 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint
 from model.data import CachedImages
 from model.inference import inference_module
 from model.precision import parse_dtype, resolve_device
@@ -91,15 +92,34 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def evaluate_checkpoint(
+    checkpoint: Checkpoint,
+    data: str | Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+) -> Report:
+    """Accuracy and confusion matrix of ``checkpoint`` on an image folder, run as served."""
+    module = inference_module(checkpoint, device, dtype)
+    images = CachedImages(data, checkpoint.meta.preprocessing, split="eval", cache_dir=cache_dir)
+    if tuple(images.classes) != checkpoint.meta.labels:
+        print(f"note: folder classes {images.classes} vs model labels {list(checkpoint.meta.labels)}", file=sys.stderr)
+    loader = DataLoader(images, batch_size=batch_size)
+    return Report(checkpoint.meta.labels, confusion_matrix(module, loader, checkpoint.meta.num_classes, device))
+
+
 def main(args: argparse.Namespace) -> Report:
-    checkpoint = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
-    module = inference_module(checkpoint, device, parse_dtype(args.dtype, device))
-    data = CachedImages(args.data, checkpoint.meta.preprocessing, split="eval", cache_dir=args.cache_dir)
-    if tuple(data.classes) != checkpoint.meta.labels:
-        print(f"note: folder classes {data.classes} vs model labels {list(checkpoint.meta.labels)}", file=sys.stderr)
-    loader = DataLoader(data, batch_size=args.batch_size)
-    report = Report(checkpoint.meta.labels, confusion_matrix(module, loader, checkpoint.meta.num_classes, device))
+    report = evaluate_checkpoint(
+        load_checkpoint(args.checkpoint),
+        args.data,
+        device=device,
+        dtype=parse_dtype(args.dtype, device),
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+    )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return report
 
