@@ -24,7 +24,7 @@
 # Settings come only from ALEXNET_* environment variables (app/config.py); the server is
 # PID 1 (exec-form ENTRYPOINT), so `docker stop` / a pod's SIGTERM makes uvicorn drain.
 
-FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS python
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS base
 ARG DEBIAN_FRONTEND=noninteractive
 # g++ and python3-dev are there for ALEXNET_COMPILE=true only: torch.compile (Inductor and
 # Triton) compiles C++ and a Python extension at run time. They cost ~250 MB.
@@ -37,7 +37,7 @@ RUN apt-get update \
 
 # ---- deps: the heavy layer (torch). It depends on pyproject.toml only, so a code change does
 # not reinstall torch.
-FROM python AS deps
+FROM base AS deps
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -56,7 +56,7 @@ COPY . .
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- runtime
-FROM python AS runtime
+FROM base AS runtime
 LABEL org.opencontainers.image.title="alexnet-serving" \
       org.opencontainers.image.description="AlexNet image classification behind a batching HTTP API (FastAPI + PyTorch, CUDA 13 or CPU)"
 # UID/GID 10001: numeric, so Kubernetes' runAsNonRoot can verify it (deploy/k8s uses the same).
