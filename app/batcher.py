@@ -66,8 +66,11 @@ class Batcher(Generic[T, R]):
         max_delay_s: float,
         max_queue: int,
         timeout_s: float,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_batch(size, seconds)``, when given, is called after every batch that ran."""
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -177,6 +180,8 @@ class Batcher(Generic[T, R]):
         finally:
             self._in_flight = 0
         run_seconds = time.monotonic() - started
+        if self._on_batch is not None:
+            self._on_batch(len(batch), run_seconds)
         for pending, value in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(BatchResult(value, len(batch), started - pending.arrived, run_seconds))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -38,16 +37,19 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from app.logs import configure_logging
     from app.main import create_app
     from model.checkpoint import CheckpointError
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         uvicorn.run(
             create_app(settings),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's loggers go through ours (JSON or text)
+            access_log=False,  # app.access writes one line per request instead
             timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         )
     except CheckpointError as exc:

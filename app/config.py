@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "model" / "weights" / "catdog.safetensors"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def parse_models(text: str) -> dict[str, Path]:
+    """``a=/x.safetensors,b=/y.pth`` → ``{"a": Path("/x.safetensors"), ...}``; raises ``ValueError``."""
+    models: dict[str, Path] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        name, sep, path = (piece.strip() for piece in entry.partition("="))
+        if not sep or not path:
+            raise ValueError(f"{entry!r} is not name=path")
+        if not _MODEL_NAME.fullmatch(name):
+            raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-' (64 at most)")
+        if name in models:
+            raise ValueError(f"model name {name!r} appears twice")
+        if not Path(path).is_file():
+            raise ValueError(f"checkpoint file {path!r} for model {name!r} does not exist")
+        models[name] = Path(path)
+    return models
 
 
 class Settings(BaseSettings):
@@ -18,6 +37,11 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    models: str | None = Field(
+        None,
+        description="Several models: comma-separated name=path pairs, the first being the default; "
+        "unset = serve checkpoint under its own name.",
+    )
     checkpoint: Path = Field(
         DEFAULT_CHECKPOINT,
         description="Model file: our .safetensors, a state-dict .pth, or torchvision's AlexNet weights.",
@@ -47,13 +71,37 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(2, ge=1, le=64, description="Threads that decode and resize uploads.")
     torch_threads: int = Field(0, ge=0, description="Threads for the model on CPU; 0 = one per core.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line (one per request); text: for humans."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _models_parse(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_models(text)
+        return text
 
     @field_validator("checkpoint")
     @classmethod
-    def _checkpoint_exists(cls, path: Path) -> Path:
-        if not path.is_file():
+    def _checkpoint_exists(cls, path: Path, info: ValidationInfo) -> Path:
+        if info.data.get("models") is None and not path.is_file():
             raise ValueError(f"checkpoint file {str(path)!r} does not exist")
         return path
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_need_one_model(cls, labels: str | None, info: ValidationInfo) -> str | None:
+        if labels is not None and info.data.get("models") is not None:
+            raise ValueError("labels names one model's classes; with models give each a <file>.labels.txt sidecar")
+        return labels
+
+    @property
+    def served_models(self) -> dict[str | None, Path]:
+        """Name → checkpoint for each served model, default first (name None: the checkpoint's own)."""
+        if self.models is None:
+            return {None: self.checkpoint}
+        return dict(parse_models(self.models))
 
     @property
     def label_list(self) -> list[str] | None:

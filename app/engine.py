@@ -59,7 +59,16 @@ class Engine:
         self.buckets = batch_buckets(settings.max_batch_size)
         self.compiled = settings.compile
         module = inference_module(self.checkpoint, self.device, self.dtype)
-        self._module = torch.compile(module, dynamic=False) if settings.compile else module
+        # CUDA graphs (reduce-overhead) need static shapes, so on CUDA batches are padded
+        # up to a bucket. On the CPU one graph with a dynamic batch size serves every
+        # size without padding; warm-up compiles it (sizes 1 and 2 are the two compiles).
+        self._pad_to_bucket = settings.compile and self.device.type == "cuda"
+        if not settings.compile:
+            self._module = module
+        elif self._pad_to_bucket:
+            self._module = torch.compile(module, mode="reduce-overhead", dynamic=False)
+        else:
+            self._module = torch.compile(module, dynamic=None)
         meta = self.checkpoint.meta
         self.info = ModelInfo(
             name=meta.name,
@@ -91,9 +100,9 @@ class Engine:
         return self.run_tensors(torch.stack(images)).tolist()
 
     def run_tensors(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW → float32 probabilities, padding the batch up to its bucket."""
+        """uint8 NCHW → float32 probabilities (padded to a bucket for CUDA graphs)."""
         count = batch.shape[0]
-        bucket = next((b for b in self.buckets if b >= count), count)
+        bucket = next((b for b in self.buckets if b >= count), count) if self._pad_to_bucket else count
         if bucket > count:
             batch = torch.cat([batch, batch.new_zeros((bucket - count, *batch.shape[1:]))])
         if self.device.type == "cuda":

@@ -1,4 +1,5 @@
-"""The error contract: every failure is JSON ``{"error": {"code", "message"}}``."""
+"""The error contract: every failure is JSON ``{"error": {"code", "message"}}``, or under ``/v2``
+the Open Inference Protocol's ``{"error": "message"}``; the status codes are the same for both."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.access import access_record
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +35,24 @@ class BodyTooLargeError(Exception):
         self.limit = limit
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def is_v2(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol (V2) routes."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, *, path: str = ""
+) -> JSONResponse:
+    """The error body for a request to ``path``, in that door's shape."""
+    body = {"error": message} if is_v2(path) else {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _respond(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    access_record(request.scope).error = code
+    return error_response(status, code, message, headers, path=request.url.path)
 
 
 def _code_for(status: int) -> str:
@@ -45,29 +64,29 @@ def _code_for(status: int) -> str:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    return _respond(request, exc.status, exc.code, exc.message, exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers) if exc.headers else None
-    return error_response(exc.status_code, _code_for(exc.status_code), str(exc.detail), headers)
+    return _respond(request, exc.status_code, _code_for(exc.status_code), str(exc.detail), headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
-    return error_response(422, "invalid_request", problems or "invalid request")
+    return _respond(request, 422, "invalid_request", problems or "invalid request")
 
 
 async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BodyTooLargeError)
-    return error_response(413, "payload_too_large", str(exc), {"Connection": "close"})
+    return _respond(request, 413, "payload_too_large", str(exc), {"Connection": "close"})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+    return _respond(request, 500, "internal_error", "internal server error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -7,6 +7,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access import access_record
 from app.errors import BodyTooLargeError, error_response
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -53,7 +54,9 @@ class BodyLimitMiddleware:
                 "payload_too_large",
                 f"request body of {int(declared)} bytes is larger than the {self.max_bytes} allowed",
                 {"Connection": "close"},
+                path=scope["path"],
             )
+            access_record(scope).error = "payload_too_large"
             await response(scope, receive, send)
             return
         received = 0

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.batcher import NotAcceptingError, QueueFullError, QueueTimeoutError
-from app.deps import ServiceDep
-from app.errors import ApiError
+from app.access import access_record
+from app.deps import MetricsDep, ModelDep, RegistryDep
+from app.pipeline import classify_images, require_ready, timing_headers
 from app.schemas import (
     BatchingInfo,
     ErrorResponse,
@@ -22,9 +21,8 @@ from app.schemas import (
     Status,
     classify,
 )
-from app.service import ModelService, Timed
+from app.service import ModelService
 from app.uploads import read_images
-from model.presets import ImageError, ImageTooLargeError, UnsupportedFormatError
 
 router = APIRouter()
 
@@ -32,6 +30,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "No image, or malformed multipart",
+        404: "No model of that name (`?model=`)",
         413: "Body over max_upload_bytes",
         415: "Not an image type we take",
         422: "Undecodable, truncated or too many pixels; or invalid query",
@@ -65,15 +64,57 @@ async def healthz() -> Status:
 
 
 @router.get("/readyz", response_model=Status, tags=["health"], responses={503: {"model": ErrorResponse}})
-async def readyz(service: ServiceDep) -> Status:
-    """Readiness: the model is loaded and warmed and the batcher runs (503 before, and while draining)."""
-    _require_ready(service)
+async def readyz(registry: RegistryDep) -> Status:
+    """Readiness: every model is loaded and warmed and its batcher runs (503 before, and while draining)."""
+    for service in registry:
+        require_ready(service)
     return Status(status="ready")
 
 
 @router.get("/models", response_model=ModelsResponse, tags=["models"])
-async def models(service: ServiceDep) -> ModelsResponse:
-    """The loaded model: name, labels, input size, device, dtype, batching settings."""
+async def models(registry: RegistryDep) -> ModelsResponse:
+    """The served models, default first: name, labels, input size, device, dtype, batching settings."""
+    return ModelsResponse(models=[_describe(service) for service in registry])
+
+
+@router.get("/metrics", tags=["metrics"], response_class=Response)
+async def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse | MultiPredictResponse,
+    tags=["predict"],
+    responses=_ERRORS,  # type: ignore[arg-type]
+    openapi_extra=_IMAGE_BODY,
+)
+async def predict(
+    request: Request,
+    service: ModelDep,
+    top_k: Annotated[int, Query(ge=1, description="How many classes to return (capped at the number of classes).")] = 5,
+) -> Response:
+    """Classify one image (multipart field `file`, or a raw `image/*` body) or several (repeated `file` fields).
+
+    Example: `curl -F file=@cat.jpg localhost:8000/predict`; another model: `/predict?model=imagenet`.
+    """
+    started = time.monotonic()
+    require_ready(service)
+    images = await read_images(request, max_files=service.settings.max_files)
+    record = access_record(request.scope)
+    record.images = len(images)
+    answers = record.answers = await classify_images(service, images)
+    labels, k = service.info.labels, min(top_k, len(service.info.labels))
+    results = [classify(answer.probabilities, labels, k) for answer in answers]
+    if len(images) == 1:
+        body: dict[str, Any] = {"model": service.info.name, **results[0].model_dump()}
+    else:
+        body = MultiPredictResponse(model=service.info.name, results=results).model_dump()
+    return JSONResponse(body, headers=timing_headers(answers, time.monotonic() - started))
+
+
+def _describe(service: ModelService) -> ModelDescription:
     info, settings = service.info, service.settings
     batching = BatchingInfo(
         max_batch_size=settings.max_batch_size,
@@ -82,7 +123,7 @@ async def models(service: ServiceDep) -> ModelsResponse:
         request_timeout_s=settings.request_timeout_s,
         buckets=service.engine.buckets,
     )
-    description = ModelDescription(
+    return ModelDescription(
         name=info.name,
         arch=info.arch,
         labels=list(info.labels),
@@ -95,80 +136,3 @@ async def models(service: ServiceDep) -> ModelsResponse:
         ready=service.ready,
         batching=batching,
     )
-    return ModelsResponse(models=[description])
-
-
-@router.post(
-    "/predict",
-    response_model=PredictResponse | MultiPredictResponse,
-    tags=["predict"],
-    responses=_ERRORS,  # type: ignore[arg-type]
-    openapi_extra=_IMAGE_BODY,
-)
-async def predict(
-    request: Request,
-    service: ServiceDep,
-    top_k: Annotated[int, Query(ge=1, description="How many classes to return (capped at the number of classes).")] = 5,
-) -> Response:
-    """Classify one image (multipart field `file`, or a raw `image/*` body) or several (repeated `file` fields).
-
-    Example: `curl -F file=@cat.jpg localhost:8000/predict`.
-    """
-    started = time.monotonic()
-    _require_ready(service)
-    images = await read_images(request, max_files=service.settings.max_files)
-    tensors = await asyncio.gather(*(_preprocess(service, data, i, len(images)) for i, data in enumerate(images)))
-    answers: list[Timed] = await asyncio.gather(*(_predict(service, tensor, seconds) for tensor, seconds in tensors))
-    labels, k = service.info.labels, min(top_k, len(service.info.labels))
-    results = [classify(answer.probabilities, labels, k) for answer in answers]
-    if len(images) == 1:
-        body: dict[str, Any] = {"model": service.info.name, **results[0].model_dump()}
-    else:
-        body = MultiPredictResponse(model=service.info.name, results=results).model_dump()
-    return JSONResponse(body, headers=_timing_headers(answers, time.monotonic() - started))
-
-
-def _require_ready(service: ModelService) -> None:
-    if service.ready:
-        return
-    reason = service.startup_error or ("draining" if service.draining else "the model is still loading and warming up")
-    raise ApiError(503, "not_ready", f"not ready: {reason}", {"Retry-After": "5"})
-
-
-async def _preprocess(service: ModelService, data: bytes, index: int, count: int) -> tuple[Any, float]:
-    where = f"file {index + 1} of {count}: " if count > 1 else ""
-    try:
-        return await service.preprocess(data)
-    except ImageTooLargeError as exc:
-        raise ApiError(422, "image_too_large", where + str(exc)) from exc
-    except UnsupportedFormatError as exc:
-        raise ApiError(415, "unsupported_image_format", where + str(exc)) from exc
-    except ImageError as exc:
-        raise ApiError(422, "invalid_image", where + str(exc)) from exc
-
-
-async def _predict(service: ModelService, tensor: Any, preprocess_seconds: float) -> Timed:
-    try:
-        return await service.predict(tensor, preprocess_seconds)
-    except QueueFullError as exc:
-        raise ApiError(429, "overloaded", f"{exc}; retry shortly", {"Retry-After": "1"}) from exc
-    except NotAcceptingError as exc:
-        raise ApiError(503, "not_ready", str(exc), {"Retry-After": "5"}) from exc
-    except QueueTimeoutError as exc:
-        raise ApiError(504, "timeout", str(exc)) from exc
-
-
-def _timing_headers(answers: list[Timed], total: float) -> dict[str, str]:
-    def ms(seconds: float) -> str:
-        return f"{1000 * seconds:.2f}"
-
-    stages = {
-        "queue": max(a.queue for a in answers),
-        "preprocess": max(a.preprocess for a in answers),
-        "inference": max(a.inference for a in answers),
-        "total": total,
-    }
-    return {
-        "X-Batch-Size": ",".join(str(a.batch_size) for a in answers),
-        "Server-Timing": ", ".join(f"{name};dur={ms(seconds)}" for name, seconds in stages.items()),
-    }

@@ -70,3 +70,27 @@ def classify(probabilities: list[float], labels: tuple[str, ...], top_k: int) ->
     order = sorted(range(len(probabilities)), key=probabilities.__getitem__, reverse=True)[:top_k]
     predictions = [Prediction(label=labels[i], index=i, probability=probabilities[i]) for i in order]
     return Classification(label=predictions[0].label, probability=predictions[0].probability, predictions=predictions)
+
+
+class V2ServerMetadata(BaseModel):
+    """Open Inference Protocol server metadata."""
+
+    name: str = Field(examples=["alexnet-serving"])
+    version: str = Field(examples=["0.1.0"])
+    extensions: list[str] = Field(examples=[["binary_tensor_data", "classification"]])
+
+
+class V2TensorMetadata(BaseModel):
+    name: str = Field(examples=["images"])
+    datatype: str = Field(examples=["BYTES"])
+    shape: list[int] = Field(description="-1 for a variable dimension (the batch).", examples=[[-1]])
+
+
+class V2ModelMetadata(BaseModel):
+    """Open Inference Protocol model metadata; a request sends exactly one of the inputs."""
+
+    name: str = Field(examples=["catdog"])
+    versions: list[str] = Field(examples=[["1"]])
+    platform: str = Field(examples=["pytorch_eager"])
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
+import torch
+
+from app.arrays import pixel_items, tensor_items
 from app.batcher import Batcher
 from app.config import Settings
 from app.engine import Engine
@@ -30,10 +34,20 @@ class Timed:
 class ModelService:
     """Owns the model's lifecycle: load (at construction), warm up, serve, drain."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        """Load ``settings.checkpoint``, served as ``name`` (default: the checkpoint's own name).
+
+        ``on_batch(name, batch_size, seconds)`` is told about every batch the model ran.
+        """
         self.settings = settings
         self.engine = Engine(settings)
-        self.info = self.engine.info
+        self.info = replace(self.engine.info, name=name) if name else self.engine.info
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._decode_pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads, thread_name_prefix="decode")
         self.batcher: Batcher[Any, list[float]] = Batcher(
@@ -43,6 +57,7 @@ class ModelService:
             max_delay_s=settings.max_delay_ms / 1000,
             max_queue=settings.max_queue,
             timeout_s=settings.request_timeout_s,
+            on_batch=(lambda size, seconds: on_batch(self.info.name, size, seconds)) if on_batch else None,
         )
         self.warm = False
         self.draining = False
@@ -79,6 +94,26 @@ class ModelService:
         tensor = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.engine.preprocess, data)
         return tensor, time.monotonic() - started
 
+    async def array_items(
+        self, data: bytes, layout: Literal["pixels", "tensor"], count: int
+    ) -> tuple[list[Any], float]:
+        """Split a preprocessed array (raw little-endian bytes, shape checked by the caller) into
+        per-image items off the event loop: ``pixels`` is uint8 NHWC, ``tensor`` normalised
+        float32 NCHW. Returns (items, seconds); raises ``app.arrays.ArrayError``."""
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        if layout == "pixels":
+            items = await loop.run_in_executor(self._decode_pool, pixel_items, data, count, self.info.input_size)
+        else:
+            items = await loop.run_in_executor(self._decode_pool, tensor_items, data, count, self.engine.prep)
+        return items, time.monotonic() - started
+
+    def device_memory_bytes(self) -> int | None:
+        """Device memory the allocator holds for tensors, on CUDA; None on the CPU."""
+        device = self.engine.device
+        return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+
     async def predict(self, tensor: Any, preprocess_seconds: float) -> Timed:
+        """Submit one preprocessed item to the batcher and wait for its probabilities."""
         result = await self.batcher.submit(tensor)
         return Timed(result.value, result.batch_size, preprocess_seconds, result.queue_seconds, result.run_seconds)

@@ -32,6 +32,17 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(path, AlexNet(2), ModelMeta("random-catdog", "alexnet", ("cat", "dog")), int8=True)
 
 
+@pytest.fixture(scope="session")
+def imagenet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torchvision's ImageNet AlexNet layout with random weights, as its ``.pth`` state dict (~244 MB)."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("imagenet") / "alexnet-imagenet.pth"
+    torch.save(alexnet(weights=None).state_dict(), path)
+    return path
+
+
 def make_image(seed: int = 0, size: tuple[int, int] = (320, 240), fmt: str = "JPEG", mode: str = "RGB") -> bytes:
     """A distinct noisy picture per seed, encoded in ``fmt``."""
     generator = torch.Generator().manual_seed(seed)

@@ -172,7 +172,7 @@ def test_body_limit_from_content_length_and_from_the_stream(client: TestClient) 
 
 def _gate_model(client: TestClient) -> tuple[threading.Event, threading.Event]:
     """Make the model wait at the start of each batch until ``release`` is set."""
-    service = client.app.state.service  # type: ignore[attr-defined]
+    service = client.app.state.registry.default  # type: ignore[attr-defined]
     entered, release = threading.Event(), threading.Event()
     run = service.engine.run
 
@@ -197,14 +197,14 @@ def test_overload_gives_429_and_leaks_no_slot(random_checkpoint: Path) -> None:
             running = pool.submit(post, 1)
             assert entered.wait(10)
             queued = [pool.submit(post, seed) for seed in (2, 3)]
-            while client.app.state.service.batcher.queue_depth < 2:  # type: ignore[attr-defined]
+            while client.app.state.registry.default.batcher.queue_depth < 2:  # type: ignore[attr-defined]
                 time.sleep(0.01)
             refused = post(4)
             _error(refused, 429, "overloaded")
             assert refused.headers["retry-after"] == "1"
             release.set()
             assert [f.result().status_code for f in [running, *queued]] == [200, 200, 200]
-        assert client.app.state.service.batcher.queue_depth == 0  # type: ignore[attr-defined]
+        assert client.app.state.registry.default.batcher.queue_depth == 0  # type: ignore[attr-defined]
         assert post(5).status_code == 200  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,107 @@
+"""Prometheus metrics, kept in a registry of the app's own so that two apps never collide."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from app.engine import batch_buckets
+
+if TYPE_CHECKING:
+    from app.registry import ModelRegistry
+    from app.service import Timed
+
+# From half a millisecond (a queue hop) to the 30 s request timeout.
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every metric the service exports; ``render()`` is the ``/metrics`` body."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.registry = CollectorRegistry()
+        seconds, registry = SECONDS_BUCKETS, self.registry
+        self.requests = Counter(
+            "alexnet_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "alexnet_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response.",
+            ["method", "route"],
+            buckets=seconds,
+            registry=registry,
+        )
+        self.in_flight = Gauge("alexnet_http_requests_in_flight", "HTTP requests being answered.", registry=registry)
+        self.queue_wait = Histogram(
+            "alexnet_queue_wait_seconds",
+            "Time an image waited for its batch.",
+            ["model"],
+            buckets=seconds,
+            registry=registry,
+        )
+        self.preprocess = Histogram(
+            "alexnet_preprocess_seconds",
+            "Time to decode, resize and crop one request's image (or split its preprocessed array).",
+            ["model"],
+            buckets=seconds,
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "alexnet_inference_seconds", "Time the model took per batch.", ["model"], buckets=seconds, registry=registry
+        )
+        self.batch_size = Histogram(
+            "alexnet_batch_size",
+            "Images per batch the model ran.",
+            ["model"],
+            buckets=batch_buckets(max_batch_size),
+            registry=registry,
+        )
+        self.queue_depth = Gauge("alexnet_queue_depth", "Images waiting for a batch.", ["model"], registry=registry)
+        self.images_in_flight = Gauge(
+            "alexnet_images_in_flight", "Images in the batch the model runs now.", ["model"], registry=registry
+        )
+        self.ready = Gauge("alexnet_model_ready", "1 when the model takes work, else 0.", ["model"], registry=registry)
+        self.model_info = Info("alexnet_model", "The served model.", ["model"], registry=registry)
+        self.device_memory = Gauge(
+            "alexnet_cuda_memory_allocated_bytes",
+            "CUDA memory held by tensors (only for models on CUDA).",
+            ["device"],
+            registry=registry,
+        )
+
+    def track(self, models: ModelRegistry) -> None:
+        """Publish each model's description and read its live figures at every scrape."""
+        for service in models:
+            info, name, batcher = service.info, service.info.name, service.batcher
+            self.model_info.labels(name).info(
+                {"arch": info.arch, "device": info.device, "dtype": info.dtype, "classes": str(len(info.labels))}
+            )
+            self.queue_depth.labels(name).set_function(lambda b=batcher: b.queue_depth)
+            self.images_in_flight.labels(name).set_function(lambda b=batcher: b.in_flight)
+            self.ready.labels(name).set_function(lambda s=service: float(s.ready))
+            if service.device_memory_bytes() is not None:
+                self.device_memory.labels(info.device).set_function(lambda s=service: s.device_memory_bytes() or 0)
+
+    def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        """One batch the model ran (the batcher's hook)."""
+        self.batch_size.labels(model).observe(size)
+        self.inference.labels(model).observe(seconds)
+
+    def observe_request(
+        self, method: str, route: str, status: int, seconds: float, model: str | None, answers: list[Timed]
+    ) -> None:
+        """One answered HTTP request and the per-image stages it went through."""
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        if model is not None and answers:
+            queue_wait, preprocess = self.queue_wait.labels(model), self.preprocess.labels(model)
+            for answer in answers:
+                queue_wait.observe(answer.queue)
+                preprocess.observe(answer.preprocess)
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)
