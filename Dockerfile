@@ -26,8 +26,8 @@
 
 FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS base
 ARG DEBIAN_FRONTEND=noninteractive
-# g++ and python3-dev are there for ALEXNET_COMPILE=true only: torch.compile (Inductor and
-# Triton) compiles C++ and a Python extension at run time. They cost ~250 MB.
+# g++ and python3-dev are there for torch.compile (on by default on the CPU, ALEXNET_COMPILE=true
+# on CUDA): Inductor and Triton compile C++ and a Python extension at run time. ~250 MB.
 # Versions are not pinned: Ubuntu's archive drops superseded versions, so exact pins break
 # rebuilds; the base tag fixes the Ubuntu release.
 # hadolint ignore=DL3008

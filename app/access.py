@@ -84,7 +84,7 @@ class AccessMiddleware:
             seconds = time.monotonic() - started
             route = self._route(scope)
             self.metrics.observe_request(scope["method"], route, status, seconds, record.model, record.answers)
-            _log(scope, route, status, seconds, record)
+            log_request(scope, route, status, seconds, record)
 
     def _route(self, scope: Scope) -> str:
         """The route template (``/v2/models/{model_name}/infer``), never the raw path, so labels stay few."""
@@ -98,7 +98,8 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(1000 * seconds, 3)
 
 
-def _log(scope: Scope, route: str, status: int, seconds: float, record: AccessRecord) -> None:
+def log_request(scope: Scope, route: str, status: int, seconds: float, record: AccessRecord) -> None:
+    """Write the request's one access-log line (DEBUG for health and metrics probes)."""
     answers = record.answers
 
     def slowest(stage: str) -> float | None:

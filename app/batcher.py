@@ -67,10 +67,17 @@ class Batcher(Generic[T, R]):
         max_queue: int,
         timeout_s: float,
         on_batch: Callable[[int, float], None] | None = None,
+        coming: Callable[[], int] | None = None,
     ) -> None:
-        """``on_batch(size, seconds)``, when given, is called after every batch that ran."""
+        """``on_batch(size, seconds)``, when given, is called after every batch that ran.
+
+        ``coming()``, when given, says how many items are being prepared and will be
+        submitted soon; a batch then stops waiting as soon as none are, instead of always
+        waiting out its window (a lone request does not pay the window).
+        """
         self._run_batch = run_batch
         self._on_batch = on_batch
+        self._coming = coming
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -134,12 +141,18 @@ class Batcher(Generic[T, R]):
                 await self._run(batch)
 
     async def _collect(self) -> list[_Pending[T, R]]:
-        # The window is counted from the oldest item's arrival. Take everything already
-        # queued first: under load the oldest item is often past its window already, and
-        # timing out at once would run it alone while dozens wait behind it.
-        deadline = self._waiting[0].arrived + self.max_delay_s
+        # Take everything already queued first: under load the oldest item is often past
+        # its window already, and timing out at once would run it alone while dozens wait
+        # behind it. Then wait for the rest of the window, counted from the oldest item's
+        # arrival. With ``coming`` the window instead opens when the model is free (now)
+        # and closes as soon as nothing more is being prepared: under load the items
+        # decoded while the last batch ran join this one instead of the next.
+        opened = time.monotonic() if self._coming is not None else self._waiting[0].arrived
+        deadline = opened + self.max_delay_s
         batch = self._take(self.max_batch_size)
         while len(batch) < self.max_batch_size and self._accepting:
+            if self._coming is not None and not self._coming():
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from app.config import Settings
+from app.gate import CPU_TURNS
 from model.checkpoint import load_checkpoint
 from model.inference import inference_module
 from model.precision import parse_dtype, resolve_device
@@ -57,13 +59,14 @@ class Engine:
         self.prep = self.checkpoint.meta.preprocessing
         self.max_image_pixels = settings.max_image_pixels
         self.buckets = batch_buckets(settings.max_batch_size)
-        self.compiled = settings.compile
+        self.compiled = settings.compile if settings.compile is not None else self.device.type == "cpu"
+        self._take_turns = settings.cpu_turns and self.device.type == "cpu"
         module = inference_module(self.checkpoint, self.device, self.dtype)
         # CUDA graphs (reduce-overhead) need static shapes, so on CUDA batches are padded
         # up to a bucket. On the CPU one graph with a dynamic batch size serves every
         # size without padding; warm-up compiles it (sizes 1 and 2 are the two compiles).
-        self._pad_to_bucket = settings.compile and self.device.type == "cuda"
-        if not settings.compile:
+        self._pad_to_bucket = self.compiled and self.device.type == "cuda"
+        if not self.compiled:
             self._module = module
         elif self._pad_to_bucket:
             self._module = torch.compile(module, mode="reduce-overhead", dynamic=False)
@@ -83,7 +86,13 @@ class Engine:
 
     def preprocess(self, data: bytes) -> torch.Tensor:
         """Upload bytes → uint8 CHW tensor; raises ``model.presets.ImageError`` subclasses."""
-        return load_eval_tensor(data, self.prep, max_pixels=self.max_image_pixels, formats=ACCEPTED_FORMATS)
+        with self._turn(exclusive=False):
+            return load_eval_tensor(data, self.prep, max_pixels=self.max_image_pixels, formats=ACCEPTED_FORMATS)
+
+    def _turn(self, *, exclusive: bool) -> AbstractContextManager[None]:
+        if not self._take_turns:
+            return nullcontext()
+        return CPU_TURNS.exclusive() if exclusive else CPU_TURNS.shared()
 
     def warm_up(self) -> float:
         """Run every bucket size once (compiling it when enabled); returns seconds taken."""
@@ -108,6 +117,6 @@ class Engine:
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with self._turn(exclusive=True), torch.inference_mode():
             logits = self._module(batch)[:count]
             return logits.float().softmax(dim=1).cpu()

@@ -58,7 +58,9 @@ class ModelService:
             max_queue=settings.max_queue,
             timeout_s=settings.request_timeout_s,
             on_batch=(lambda size, seconds: on_batch(self.info.name, size, seconds)) if on_batch else None,
+            coming=lambda: self._preparing,
         )
+        self._preparing = 0  # images being decoded or split, about to reach the batcher
         self.warm = False
         self.draining = False
         self.startup_error: str | None = None
@@ -91,7 +93,11 @@ class ModelService:
     async def preprocess(self, data: bytes) -> tuple[Any, float]:
         """Decode and transform off the event loop; returns (tensor, seconds)."""
         started = time.monotonic()
-        tensor = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.engine.preprocess, data)
+        self._preparing += 1
+        try:
+            tensor = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.engine.preprocess, data)
+        finally:
+            self._preparing -= 1
         return tensor, time.monotonic() - started
 
     async def array_items(
@@ -102,10 +108,14 @@ class ModelService:
         float32 NCHW. Returns (items, seconds); raises ``app.arrays.ArrayError``."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        if layout == "pixels":
-            items = await loop.run_in_executor(self._decode_pool, pixel_items, data, count, self.info.input_size)
-        else:
-            items = await loop.run_in_executor(self._decode_pool, tensor_items, data, count, self.engine.prep)
+        self._preparing += count
+        try:
+            if layout == "pixels":
+                items = await loop.run_in_executor(self._decode_pool, pixel_items, data, count, self.info.input_size)
+            else:
+                items = await loop.run_in_executor(self._decode_pool, tensor_items, data, count, self.engine.prep)
+        finally:
+            self._preparing -= count
         return items, time.monotonic() - started
 
     def device_memory_bytes(self) -> int | None:

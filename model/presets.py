@@ -134,11 +134,11 @@ def load_eval_tensor(
     return eval_tensor(image, prep)
 
 
-def train_augment(prep: Preprocessing) -> v2.Transform:
+def train_augment(prep: Preprocessing, min_scale: float = 0.3) -> v2.Transform:
     """Training augmentation over uint8 CHW tensors (random resized crop, flip, colour jitter)."""
     return v2.Compose(
         [
-            v2.RandomResizedCrop(prep.input_size, scale=(0.3, 1.0), antialias=True),
+            v2.RandomResizedCrop(prep.input_size, scale=(min_scale, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
         ]

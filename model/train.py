@@ -51,6 +51,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="augmentation processes")
     parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default OUT/cache)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images per split")
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="start from this model file's weights (fresh optimiser and schedule), e.g. to continue a finished run",
+    )
+    parser.add_argument(
+        "--crop-scale", type=float, default=0.3, help="smallest area fraction kept by the random resized crop"
+    )
     return parser
 
 
@@ -129,6 +137,22 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def initial_network(init: str | None, labels: tuple[str, ...]) -> network.AlexNet:
+    """A freshly initialised classic AlexNet, or the one stored in ``init`` (which must match ``labels``)."""
+    if init is None:
+        return network.AlexNet(len(labels))
+    from model.checkpoint import load_checkpoint
+
+    start = load_checkpoint(init)
+    if start.meta.arch != network.CLASSIC or tuple(start.meta.labels) != labels:
+        raise SystemExit(
+            f"--init {init}: need a {network.CLASSIC} model with labels {list(labels)}, "
+            f"got {start.meta.arch} with {list(start.meta.labels)}"
+        )
+    print(f"starting from the weights in {init}", flush=True)
+    return start.network.float()
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,12 +161,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     prep = Preprocessing()
     cache = args.cache_dir or out / "cache"
     train_set = CachedImages(
-        Path(args.data) / "train", prep, split="train", cache_dir=cache, limit=args.limit, transform=train_augment(prep)
+        Path(args.data) / "train",
+        prep,
+        split="train",
+        cache_dir=cache,
+        limit=args.limit,
+        transform=train_augment(prep, min_scale=args.crop_scale),
     )
     val_set = CachedImages(Path(args.data) / "val", prep, split="eval", cache_dir=cache, limit=args.limit)
     labels = tuple(train_set.classes)
 
-    net = network.AlexNet(len(labels))
+    net = initial_network(args.init, labels)
     model = nn.Sequential(Normalize(prep.mean, prep.std), net).to(device).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.dim() > 1]
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]

@@ -19,6 +19,10 @@ from PIL import Image
 from model.checkpoint import ModelMeta, save_checkpoint
 from model.network import AlexNet
 
+# The server compiles the model by default on the CPU (~20 s cold, ~2 s cached per start);
+# most tests start many servers, so they run eager unless a test asks for compile.
+os.environ.setdefault("ALEXNET_COMPILE", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 CATDOG = REPO.parent / "shared" / "data" / "catdog"
 SHIPPED = REPO / "model" / "weights" / "catdog.safetensors"

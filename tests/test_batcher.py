@@ -201,3 +201,49 @@ def test_not_started_refuses() -> None:
             await _batcher(Recorder()).submit(1)
 
     run(main())
+
+
+def test_a_lone_item_does_not_wait_out_the_window_when_nothing_else_is_coming() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher = Batcher(
+            recorder,
+            ThreadPoolExecutor(1),
+            max_batch_size=8,
+            max_delay_s=30.0,
+            max_queue=10,
+            timeout_s=60.0,
+            coming=lambda: 0,
+        )
+        batcher.start()
+        result = await asyncio.wait_for(batcher.submit("alone"), 10)  # the 30 s window would time this out
+        assert (result.value, result.batch_size) == ("out-alone", 1)
+        await batcher.drain()
+
+    run(main())
+
+
+def test_a_batch_waits_for_items_still_being_prepared() -> None:
+    async def main() -> None:
+        preparing = 1
+        recorder = Recorder()
+        batcher = Batcher(
+            recorder,
+            ThreadPoolExecutor(1),
+            max_batch_size=8,
+            max_delay_s=5.0,
+            max_queue=10,
+            timeout_s=60.0,
+            coming=lambda: preparing,
+        )
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("first"))
+        await asyncio.sleep(0.2)
+        assert recorder.batches == []  # one item is still being prepared: keep the window open
+        preparing = 0
+        second = await asyncio.wait_for(batcher.submit("second"), 4)
+        assert recorder.batches == [["first", "second"]]
+        assert (await first).batch_size == second.batch_size == 2
+        await batcher.drain()
+
+    run(main())

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.engine import Engine
-from bench import client, common, compare, inprocess, loadgen, servers
+from bench import client, common, compare, inprocess, loadgen, overhead, servers
 from bench.models import Variant, build, probabilities, to_device
 from bench.peers import common as peer_common
 from bench.peers import naive_server
@@ -359,3 +359,14 @@ def test_real_photos_are_found_and_decoded() -> None:
     assert len(paths) == 8 and {path.parent.name for path in paths} == {"cat", "dog"}
     stages = inprocess.decode_stages([path.read_bytes() for path in paths], Preprocessing(), seconds=0)
     assert stages["images"] == 8 and stages["img_s_per_thread"] > 0
+
+
+def test_overhead_measures_metrics_and_log_against_the_servers_cpu(tmp_path: Path) -> None:
+    levels = [{"concurrency": 1, "img_s": 40.0}, {"concurrency": 32, "img_s": 100.0}]
+    report = {"environment": {"cpu_count": 2}, "results": [{"server": "ours", "body": "multipart", "levels": levels}]}
+    (tmp_path / "compare.json").write_text(json.dumps(report))
+    result = overhead.main(["--iterations", "300", "--compare", str(tmp_path / "compare.json")])
+    costs = result["us_per_request"]
+    assert 0 < costs["metrics"] < costs["both"] and 0 < costs["log"] < costs["both"]
+    # 2 cores at 100 img/s = 20 ms of CPU per request
+    assert result["share_of_server_cpu"][32] == pytest.approx(costs["both"] / 20_000)

@@ -28,7 +28,8 @@ def _reference(checkpoint: Path, images: list[torch.Tensor]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "compile_", "tolerance"), [("fp32", False, 1e-5), ("bf16", False, 0.05), ("fp32", True, 1e-4)]
+    ("dtype", "compile_", "tolerance"),
+    [("fp32", False, 1e-5), ("bf16", False, 0.05), ("fp32", True, 1e-4), ("bf16", True, 0.05)],
 )
 def test_fast_paths_match_fp32_eager(random_checkpoint: Path, dtype: str, compile_: bool, tolerance: float) -> None:
     engine = Engine(Settings(checkpoint=random_checkpoint, dtype=dtype, compile=compile_, max_batch_size=4))
