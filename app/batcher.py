@@ -68,16 +68,23 @@ class Batcher(Generic[T, R]):
         timeout_s: float,
         on_batch: Callable[[int, float], None] | None = None,
         coming: Callable[[], int] | None = None,
+        window_opens_when_free: bool = False,
     ) -> None:
         """``on_batch(size, seconds)``, when given, is called after every batch that ran.
 
         ``coming()``, when given, says how many items are being prepared and will be
         submitted soon; a batch then stops waiting as soon as none are, instead of always
         waiting out its window (a lone request does not pay the window).
+
+        ``window_opens_when_free`` counts the window from the moment the model is free
+        instead of from the oldest item's arrival: for when preparing items cannot overlap
+        a running batch (CPU turns), so under load the items prepared right after a batch
+        join the next one instead of trailing behind in small batches.
         """
         self._run_batch = run_batch
         self._on_batch = on_batch
         self._coming = coming
+        self._window_opens_when_free = window_opens_when_free
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -143,11 +150,9 @@ class Batcher(Generic[T, R]):
     async def _collect(self) -> list[_Pending[T, R]]:
         # Take everything already queued first: under load the oldest item is often past
         # its window already, and timing out at once would run it alone while dozens wait
-        # behind it. Then wait for the rest of the window, counted from the oldest item's
-        # arrival. With ``coming`` the window instead opens when the model is free (now)
-        # and closes as soon as nothing more is being prepared: under load the items
-        # decoded while the last batch ran join this one instead of the next.
-        opened = time.monotonic() if self._coming is not None else self._waiting[0].arrived
+        # behind it. Then wait for the rest of the window (from the oldest arrival, or from
+        # now, when the model became free), but not for items nobody is preparing.
+        opened = time.monotonic() if self._window_opens_when_free else self._waiting[0].arrived
         deadline = opened + self.max_delay_s
         batch = self._take(self.max_batch_size)
         while len(batch) < self.max_batch_size and self._accepting:

@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         20.0,
         ge=0,
         le=10_000,
-        description="How long a batch waits for images still being decoded once the model is free "
-        "(it never waits when none are).",
+        description="How long a batch waits for images still being decoded, never when none are; "
+        "counted from when the model is free with CPU turns, else from the oldest image's arrival.",
     )
     max_queue: int = Field(256, ge=1, description="Images waiting for the model before new ones get 429.")
     request_timeout_s: float = Field(

@@ -53,15 +53,15 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        self.checkpoint = load_checkpoint(settings.checkpoint, labels=settings.label_list)
+        checkpoint = load_checkpoint(settings.checkpoint, labels=settings.label_list)
         self.device = resolve_device(settings.device)
         self.dtype = parse_dtype(settings.dtype, self.device)
-        self.prep = self.checkpoint.meta.preprocessing
+        self.prep = checkpoint.meta.preprocessing
         self.max_image_pixels = settings.max_image_pixels
         self.buckets = batch_buckets(settings.max_batch_size)
         self.compiled = settings.compile if settings.compile is not None else self.device.type == "cpu"
-        self._take_turns = settings.cpu_turns and self.device.type == "cpu"
-        module = inference_module(self.checkpoint, self.device, self.dtype)
+        self.takes_turns = settings.cpu_turns and self.device.type == "cpu"
+        module = inference_module(checkpoint, self.device, self.dtype)  # takes the network over
         # CUDA graphs (reduce-overhead) need static shapes, so on CUDA batches are padded
         # up to a bucket. On the CPU one graph with a dynamic batch size serves every
         # size without padding; warm-up compiles it (sizes 1 and 2 are the two compiles).
@@ -72,7 +72,7 @@ class Engine:
             self._module = torch.compile(module, mode="reduce-overhead", dynamic=False)
         else:
             self._module = torch.compile(module, dynamic=None)
-        meta = self.checkpoint.meta
+        meta = checkpoint.meta
         self.info = ModelInfo(
             name=meta.name,
             labels=meta.labels,
@@ -90,7 +90,7 @@ class Engine:
             return load_eval_tensor(data, self.prep, max_pixels=self.max_image_pixels, formats=ACCEPTED_FORMATS)
 
     def _turn(self, *, exclusive: bool) -> AbstractContextManager[None]:
-        if not self._take_turns:
+        if not self.takes_turns:
             return nullcontext()
         return CPU_TURNS.exclusive() if exclusive else CPU_TURNS.shared()
 

@@ -59,6 +59,7 @@ class ModelService:
             timeout_s=settings.request_timeout_s,
             on_batch=(lambda size, seconds: on_batch(self.info.name, size, seconds)) if on_batch else None,
             coming=lambda: self._preparing,
+            window_opens_when_free=self.engine.takes_turns,
         )
         self._preparing = 0  # images being decoded or split, about to reach the batcher
         self.warm = False

@@ -17,7 +17,11 @@ def inference_module(
     *,
     channels_last: bool = True,
 ) -> nn.Module:
-    """uint8 NCHW batch in, logits (in ``dtype``) out; weights converted once, not per call."""
+    """uint8 NCHW batch in, logits (in ``dtype``) out; weights converted once, not per call.
+
+    Takes ``checkpoint.network`` over: it is converted in place (no second copy of the
+    weights), so deep-copy the checkpoint first to keep using the original.
+    """
     prep = checkpoint.meta.preprocessing
     module = nn.Sequential(Normalize(prep.mean, prep.std), checkpoint.network)
     module = module.to(device=device, dtype=dtype).eval()

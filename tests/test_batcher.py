@@ -247,3 +247,35 @@ def test_a_batch_waits_for_items_still_being_prepared() -> None:
         await batcher.drain()
 
     run(main())
+
+
+@pytest.mark.parametrize(("opens_when_free", "expected"), [(True, [["a", "b"]]), (False, [["a"], ["b"]])])
+def test_window_can_open_when_the_model_is_free(opens_when_free: bool, expected: list[list[str]]) -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        recorder.release.clear()  # the first batch holds the model until released
+        preparing = [0]
+        batcher = Batcher(
+            recorder,
+            ThreadPoolExecutor(1),
+            max_batch_size=8,
+            max_delay_s=0.3,
+            max_queue=10,
+            timeout_s=60.0,
+            coming=lambda: preparing[0],
+            window_opens_when_free=opens_when_free,
+        )
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("first"))  # nothing else coming: runs at once
+        await asyncio.sleep(0.05)
+        preparing[0] = 1  # from now on something is always being prepared
+        a = asyncio.ensure_future(batcher.submit("a"))
+        await asyncio.sleep(0.5)  # "a" is now older than the window
+        recorder.release.set()
+        await first
+        await asyncio.sleep(0.1)  # "b" arrives inside a window opened when the model became free
+        await asyncio.gather(a, batcher.submit("b"))
+        assert recorder.batches[1:] == expected
+        await batcher.drain()
+
+    run(main())

@@ -42,6 +42,18 @@ def test_concurrent_clients_are_batched_and_exact(fp32_server: RunningServer, ra
             assert max(abs(served[i] - alone[i].item()) for i in range(2)) < 1e-4
 
 
+def test_a_lone_request_does_not_wait_out_the_batch_window(start_server, random_checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
+    server = start_server({"ALEXNET_CHECKPOINT": str(random_checkpoint), "ALEXNET_MAX_DELAY_MS": "10000"})
+    started = time.monotonic()
+    response = httpx.post(server.url + "/predict", content=make_image(1), headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200
+    assert time.monotonic() - started < 8, "nothing else was being decoded, so the 10 s window must not apply"
+    several = httpx.post(
+        server.url + "/predict", files=[("file", (f"{i}.jpg", make_image(i), "image/jpeg")) for i in range(6)]
+    )
+    assert several.headers["x-batch-size"] == ",".join(["6"] * 6)  # decoded together, batched together
+
+
 def test_request_id_and_early_413_over_real_http(fp32_server: RunningServer) -> None:
     response = httpx.post(
         fp32_server.url + "/predict",

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from model import evaluate, train
-from model.checkpoint import load_checkpoint
+from model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from model.network import CLASSIC, AlexNet
 
 
 def _make_folder(root: Path, per_class: int, seed: int) -> None:
@@ -86,3 +88,25 @@ def test_report_table() -> None:
     assert report.precision(0) == 8 / 9 and report.recall(1) == 0.9
     table = report.table()
     assert "accuracy: 85.00%" in table and "confusion matrix" in table
+
+
+def test_init_continues_from_a_model_file(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(3)
+    start = save_checkpoint(tmp_path / "start.safetensors", AlexNet(2), ModelMeta("colours", CLASSIC, ("blue", "red")))
+    args = _args(data, tmp_path / "more", 1)
+    args[args.index("--lr") + 1] = "0"  # no step moves a weight: the result must be the start
+    train.main(train.get_args_parser().parse_args([*args, "--init", str(start), "--crop-scale", "0.6"]))
+    assert "starting from the weights in" in capsys.readouterr().out
+    before, after = (
+        load_checkpoint(start).network.state_dict(),
+        load_checkpoint(tmp_path / "more" / "model.safetensors"),
+    )
+    for name, tensor in after.network.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_init_refuses_a_model_for_other_labels(data: Path, tmp_path: Path) -> None:
+    start = save_checkpoint(tmp_path / "catdog.safetensors", AlexNet(2), ModelMeta("catdog", CLASSIC, ("cat", "dog")))
+    args = [*_args(data, tmp_path / "x", 1), "--init", str(start)]
+    with pytest.raises(SystemExit, match="labels"):
+        train.main(train.get_args_parser().parse_args(args))
