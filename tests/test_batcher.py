@@ -4,6 +4,7 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ class Recorder:
         return [f"out-{item}" for item in items]
 
 
-def _batcher(run: Recorder, **kwargs: float) -> Batcher:
+def _batcher(run: Recorder, **kwargs: Any) -> Batcher:
     options = {"max_batch_size": 8, "max_delay_s": 0.05, "max_queue": 100, "timeout_s": 10.0} | kwargs
     return Batcher(run, ThreadPoolExecutor(1), **options)  # type: ignore[arg-type]
 
@@ -206,15 +207,7 @@ def test_not_started_refuses() -> None:
 def test_a_lone_item_does_not_wait_out_the_window_when_nothing_else_is_coming() -> None:
     async def main() -> None:
         recorder = Recorder()
-        batcher = Batcher(
-            recorder,
-            ThreadPoolExecutor(1),
-            max_batch_size=8,
-            max_delay_s=30.0,
-            max_queue=10,
-            timeout_s=60.0,
-            coming=lambda: 0,
-        )
+        batcher = _batcher(recorder, max_delay_s=30.0, timeout_s=60.0, coming=lambda: 0)
         batcher.start()
         result = await asyncio.wait_for(batcher.submit("alone"), 10)  # the 30 s window would time this out
         assert (result.value, result.batch_size) == ("out-alone", 1)
@@ -227,15 +220,7 @@ def test_a_batch_waits_for_items_still_being_prepared() -> None:
     async def main() -> None:
         preparing = 1
         recorder = Recorder()
-        batcher = Batcher(
-            recorder,
-            ThreadPoolExecutor(1),
-            max_batch_size=8,
-            max_delay_s=5.0,
-            max_queue=10,
-            timeout_s=60.0,
-            coming=lambda: preparing,
-        )
+        batcher = _batcher(recorder, max_delay_s=5.0, timeout_s=60.0, coming=lambda: preparing)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit("first"))
         await asyncio.sleep(0.2)
@@ -255,12 +240,9 @@ def test_window_can_open_when_the_model_is_free(opens_when_free: bool, expected:
         recorder = Recorder()
         recorder.release.clear()  # the first batch holds the model until released
         preparing = [0]
-        batcher = Batcher(
+        batcher = _batcher(
             recorder,
-            ThreadPoolExecutor(1),
-            max_batch_size=8,
             max_delay_s=0.3,
-            max_queue=10,
             timeout_s=60.0,
             coming=lambda: preparing[0],
             window_opens_when_free=opens_when_free,
