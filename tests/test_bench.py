@@ -216,7 +216,9 @@ def test_loadgen_against_real_server(
     assert level["client"] == client_name
     assert level["img_s"] > 0 and level["ok"] > 0
     assert level["errors"] == {}
-    assert 1 <= level["mean_batch"] <= 2
+    # At most 2 measured requests in flight, plus up to 2 the warm-up left behind when it
+    # hung up, which the server still answers and may batch with the measured ones.
+    assert 1 <= level["mean_batch"] <= 4
     assert out.with_suffix(".png").stat().st_size > 0
 
 
