@@ -50,6 +50,7 @@ class BatchResult(Generic[R]):
 class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[BatchResult[R]]
+    deadline: float  # time.monotonic() after which it is not put in a batch
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -114,18 +115,22 @@ class Batcher(Generic[T, R]):
             self._task = asyncio.create_task(self._collect_forever(), name="batcher")
         self._accepting = True
 
-    async def submit(self, item: T) -> BatchResult[R]:
+    async def submit(self, item: T, deadline: float | None = None) -> BatchResult[R]:
         """Queue one item and wait for its result.
 
         Raises ``NotAcceptingError`` when not running, ``QueueFullError`` when
-        ``max_queue`` items already wait, ``QueueTimeoutError`` when the item waited past
-        ``timeout_s``, or whatever ``run_batch`` raised for its batch.
+        ``max_queue`` items already wait, ``QueueTimeoutError`` when no batch took the item
+        by ``deadline`` (``time.monotonic()``; default: ``timeout_s`` from now), or whatever
+        ``run_batch`` raised for its batch.
         """
         if not self.running:
             raise NotAcceptingError("the model is not accepting work (starting up or draining)")
         if len(self._waiting) >= self.max_queue:
             raise QueueFullError(f"{len(self._waiting)} images are already waiting for the model")
-        pending: _Pending[T, R] = _Pending(item, asyncio.get_running_loop().create_future())
+        future = asyncio.get_running_loop().create_future()
+        pending: _Pending[T, R] = _Pending(
+            item, future, time.monotonic() + self.timeout_s if deadline is None else deadline
+        )
         self._waiting.append(pending)
         self._arrival.set()
         return await pending.future
@@ -174,8 +179,12 @@ class Batcher(Generic[T, R]):
             pending = self._waiting.popleft()
             if pending.future.done():  # the caller went away
                 continue
-            if now - pending.arrived > self.timeout_s:
-                pending.future.set_exception(QueueTimeoutError(f"waited {now - pending.arrived:.1f} s for the model"))
+            if now > pending.deadline:
+                pending.future.set_exception(
+                    QueueTimeoutError(
+                        f"deadline passed before a batch took it (waited {now - pending.arrived:.1f} s in the queue)"
+                    )
+                )
                 continue
             taken.append(pending)
         return taken

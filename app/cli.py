@@ -1,25 +1,71 @@
-"""``alexnet-serve``: run the service with uvicorn."""
+"""``alexnet-serve``: run the service with uvicorn.
+
+Exit status: 0 after a clean shutdown; 2 when a setting is invalid (one line per setting);
+3 when the server can never become ready (a checkpoint that does not load, a device that is
+not there, a failed warm-up), with one log line saying why and no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import time
+from typing import Any
+
+STARTED = time.monotonic()  # "ready in N s" counts from here, imports included
+EXIT_BAD_SETTING = 2
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="alexnet-serve", description="Serve an AlexNet checkpoint over HTTP. Every setting is also ALEXNET_<NAME>."
+        prog="alexnet-serve",
+        description="Serve an AlexNet checkpoint over HTTP. Every setting is also an environment variable "
+        "ALEXNET_<NAME> (see the README); a flag wins over the variable.",
+        epilog="Exit status: 2 for an invalid setting, 3 when the server can never become ready "
+        "(the checkpoint does not load, the device is missing, warm-up failed).",
     )
     parser.add_argument("--host", help="interface to listen on (ALEXNET_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (ALEXNET_PORT, default 8000)")
     parser.add_argument("--checkpoint", help="model file (ALEXNET_CHECKPOINT, default: the shipped cat/dog model)")
+    parser.add_argument(
+        "--models",
+        metavar="NAME=PATH,...",
+        help="serve several models, the first being the default (ALEXNET_MODELS; replaces --checkpoint)",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (ALEXNET_DEVICE, default auto)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the model (ALEXNET_COMPILE; default: on for the CPU, off for CUDA)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        help="json (one object per line), text, or auto: text on a terminal, else json (ALEXNET_LOG_FORMAT)",
+    )
     return parser
 
 
+def _setting_errors(exc: Any, parser: argparse.ArgumentParser) -> list[str]:
+    """pydantic's errors as sentences: which setting (variable and flag), what is wrong, what was given."""
+    flags = {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = f"ALEXNET_{field.upper()}" + (f" ({flags[field]})" if field in flags else "")
+        if error["type"] == "value_error":  # our validators' own sentences, without "Value error, "
+            problem = str(error["ctx"]["error"])
+        else:
+            problem = f"{error['msg'][:1].lower()}{error['msg'][1:]} (got {error['input']!r})"
+        lines.append(f"alexnet-serve: {where}: {problem}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     # OpenMP threads that spin between parallel regions steal the cores decoding and the
     # event loop need; this must be set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -31,27 +77,39 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        for error in exc.errors():
-            print(f"alexnet-serve: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(2) from exc
+        for line in _setting_errors(exc, parser):
+            print(line, file=sys.stderr)  # noqa: T201
+        raise SystemExit(EXIT_BAD_SETTING) from None
+
+    from app.logs import configure_logging, quiet_native_logs, resolve_format
+
+    log_format = resolve_format(settings.log_format)
+    quiet_native_logs(log_format)  # before torch is imported
 
     import uvicorn
 
-    from app.logs import configure_logging
     from app.main import create_app
-    from model.checkpoint import CheckpointError
+    from app.server import DrainingServer, server_options
+    from app.startup import EXIT_NEVER_READY, Startup
 
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        uvicorn.run(
-            create_app(settings),
+    configure_logging(settings.log_level, log_format)
+    startup = Startup(started=STARTED)
+    app = create_app(settings, startup)
+    server = DrainingServer(
+        uvicorn.Config(
+            startup.quiet_lifespan(app),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
             log_config=None,  # uvicorn's loggers go through ours (JSON or text)
             access_log=False,  # app.access writes one line per request instead
-            timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        )
-    except CheckpointError as exc:
-        print(f"alexnet-serve: {exc}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(1) from exc
+            **server_options(settings),  # read timeouts, keep-alive, connection cap
+        ),
+        app.state.drain,
+        settings.drain_timeout_s,
+    )
+    startup.on_failure = lambda: setattr(server, "should_exit", True)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C before its handlers are in place
+        server.run()
+    if startup.failure is not None or not server.started:
+        raise SystemExit(EXIT_NEVER_READY)

@@ -6,11 +6,13 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from platformdirs import user_cache_path
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "model" / "weights" / "catdog.safetensors"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_API_KEY = re.compile(r"[!-~]+")  # printable ASCII, no space
 
 
 def parse_models(text: str) -> dict[str, Path]:
@@ -48,8 +50,11 @@ class Settings(BaseSettings):
     )
     labels: str | None = Field(None, description="Comma-separated class names, overriding the checkpoint's.")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Serving precision; auto = bf16 on CPUs with native bf16 and on CUDA, else fp32."
+    dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto",
+        description="Serving precision; int8 = static int8 (CPU, calibrated checkpoints); auto = int8 on CPUs with "
+        "VNNI or AMX when the checkpoint is calibrated and compiled, else bf16 on CPUs with native bf16 and on CUDA, "
+        "else fp32.",
     )
     compile: bool | None = Field(
         None,
@@ -64,9 +69,32 @@ class Settings(BaseSettings):
         description="How long a batch waits for images still being decoded, never when none are; "
         "counted from when the model is free with CPU turns, else from the oldest image's arrival.",
     )
-    max_queue: int = Field(256, ge=1, description="Images waiting for the model before new ones get 429.")
+    max_queue: int = Field(
+        128,
+        ge=1,
+        description="Images a model has taken on (uploading, decoding, waiting or in a batch) before new requests "
+        "get 429 at once.",
+    )
     request_timeout_s: float = Field(
-        30.0, gt=0, description="An image that waited longer than this for the model gets 504."
+        30.0, gt=0, description="Deadline from a request's arrival to its answer (upload, decoding, queue): 504."
+    )
+    read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request's headers (from connecting) and its body (from its headers) must each arrive within "
+        "this; else 408 and the connection is closed.",
+    )
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM: the longest the server waits for requests it received to be answered."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections before new ones get 503 and are closed (keep under `ulimit -n`)."
+    )
+    max_request_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Most pixels decoded for one request of several images (JPEGs count at their reduced decode "
+        "size); more get 422.",
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413.")
     max_image_pixels: int = Field(
@@ -80,8 +108,25 @@ class Settings(BaseSettings):
         description="On the CPU, decoding and model batches take turns on the cores instead of pre-empting each other.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    log_format: Literal["json", "text"] = Field(
-        "json", description="json: one JSON object per line (one per request); text: for humans."
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="json: one JSON object per line (one per request, torch's warnings included); "
+        "text: for humans; auto: text on a terminal, else json.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: user_cache_path("alexnet-serving"),
+        description="torch.compile's cache (Inductor, Triton): kept here, a restart with the same model skips "
+        "compiling. Default: the per-user cache folder (~/.cache/alexnet-serving, or under $XDG_CACHE_HOME).",
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys. Set: /predict, /models, /metrics and the V2 model routes need one "
+        "(`Authorization: Bearer <key>` or `X-API-Key: <key>`), else 401. Unset: open.",
+    )
+    cors_origins: str | None = Field(
+        None,
+        description="Comma-separated origins browsers may call the API from (CORS), `*` for any. "
+        "Unset: no CORS headers.",
     )
 
     @field_validator("models")
@@ -90,6 +135,17 @@ class Settings(BaseSettings):
         if text is not None:
             parse_models(text)
         return text
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_parse(cls, keys: SecretStr | None) -> SecretStr | None:
+        if keys is not None:
+            listed = _comma_list(keys.get_secret_value())
+            if not listed:
+                raise ValueError("set at least one key, or unset it")
+            if not all(_API_KEY.fullmatch(key) for key in listed):  # the message never shows a key
+                raise ValueError("a key may hold only printable ASCII without spaces (it travels in a header)")
+        return keys
 
     @field_validator("checkpoint")
     @classmethod
@@ -115,3 +171,16 @@ class Settings(BaseSettings):
     @property
     def label_list(self) -> list[str] | None:
         return [name.strip() for name in self.labels.split(",")] if self.labels else None
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """The accepted API keys; empty when the API is open."""
+        return _comma_list(self.api_keys.get_secret_value()) if self.api_keys else []
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _comma_list(self.cors_origins or "")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

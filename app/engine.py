@@ -5,12 +5,16 @@ Routes and the batcher never import torch; they hand opaque tensors to this modu
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
+from PIL import Image
 
 from app.config import Settings
 from app.gate import CPU_TURNS
@@ -18,6 +22,7 @@ from model.checkpoint import load_checkpoint
 from model.inference import inference_module
 from model.precision import parse_dtype, resolve_device
 from model.presets import load_eval_tensor
+from model.quantize import compile_int8, is_calibrated
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,20 @@ def batch_buckets(max_batch_size: int) -> list[int]:
     if max_batch_size > 1:
         sizes.append(max_batch_size)
     return sizes
+
+
+def use_compile_cache(directory: Path) -> str | None:
+    """Keep torch.compile's caches (Inductor's, Triton's) in ``directory``, so that a restart finds
+    them; returns why not when it cannot be written (a read-only root without a volume mounted)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return str(exc)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory} is not writable"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,15 +72,36 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        started = time.monotonic()
         checkpoint = load_checkpoint(settings.checkpoint, labels=settings.label_list)
+        meta = checkpoint.meta
+        logger.info(
+            "loaded checkpoint %s: %s (%s, %d classes) in %.1f s",
+            settings.checkpoint,
+            meta.name,
+            meta.arch,
+            len(meta.labels),
+            time.monotonic() - started,
+        )
         self.device = resolve_device(settings.device)
-        self.dtype = parse_dtype(settings.dtype, self.device)
         self.prep = checkpoint.meta.preprocessing
         self.max_image_pixels = settings.max_image_pixels
         self.buckets = batch_buckets(settings.max_batch_size)
         self.compiled = settings.compile if settings.compile is not None else self.device.type == "cpu"
+        if self.compiled and (problem := use_compile_cache(settings.cache_dir)):
+            logger.warning(
+                "serving %s without torch.compile: its cache folder cannot be written (%s); "
+                "set ALEXNET_CACHE_DIR to a writable folder",
+                meta.name,
+                problem,
+            )
+            self.compiled = False
+        # auto picks int8 on VNNI/AMX CPUs for a calibrated checkpoint, compiled (eager int8 only simulates it)
+        int8_ready = self.compiled and is_calibrated(checkpoint)
+        self.dtype = parse_dtype(settings.dtype, self.device, int8_ready=int8_ready)
         self.takes_turns = settings.cpu_turns and self.device.type == "cpu"
         module = inference_module(checkpoint, self.device, self.dtype)  # takes the network over
+        self._eager = module  # what warm-up falls back to when compiling fails
         # CUDA graphs (reduce-overhead) need static shapes, so on CUDA batches are padded
         # up to a bucket. On the CPU one graph with a dynamic batch size serves every
         # size without padding; warm-up compiles it (sizes 1 and 2 are the two compiles).
@@ -70,9 +110,10 @@ class Engine:
             self._module = module
         elif self._pad_to_bucket:
             self._module = torch.compile(module, mode="reduce-overhead", dynamic=False)
+        elif self.dtype == torch.int8:
+            self._module = compile_int8(module)
         else:
             self._module = torch.compile(module, dynamic=None)
-        meta = checkpoint.meta
         self.info = ModelInfo(
             name=meta.name,
             labels=meta.labels,
@@ -83,11 +124,34 @@ class Engine:
             compiled=self.compiled,
             arch=meta.arch,
         )
+        logger.info(
+            "model %s: device %s (asked: %s), dtype %s (asked: %s), %s",
+            meta.name,
+            self.info.device,
+            settings.device,
+            self.info.dtype,
+            settings.dtype,
+            f"torch.compile on, cache {settings.cache_dir}" if self.compiled else "eager",
+        )
 
     def preprocess(self, data: bytes) -> torch.Tensor:
         """Upload bytes → uint8 CHW tensor; raises ``model.presets.ImageError`` subclasses."""
         with self._turn(exclusive=False):
             return load_eval_tensor(data, self.prep, max_pixels=self.max_image_pixels, formats=ACCEPTED_FORMATS)
+
+    def pixels_to_decode(self, images: list[bytes]) -> int:
+        """Pixels that decoding ``images`` produces, from their headers alone (a JPEG counts at the
+        reduced scale its decode uses); an unreadable header counts 0, its decode reports the error."""
+        total = 0
+        for data in images:
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    if image.format == "JPEG":
+                        image.draft("RGB", (self.prep.resize_size, self.prep.resize_size))
+                    total += image.width * image.height
+            except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+                continue
+        return total
 
     def _turn(self, *, exclusive: bool) -> AbstractContextManager[None]:
         if not self.takes_turns:
@@ -95,28 +159,66 @@ class Engine:
         return CPU_TURNS.exclusive() if exclusive else CPU_TURNS.shared()
 
     def warm_up(self) -> float:
-        """Run every bucket size once (compiling it when enabled); returns seconds taken."""
+        """Run every bucket size once (compiling it when enabled); returns seconds taken.
+
+        When compiling fails (no C++ compiler, a cache on a ``noexec`` mount, ...) the model is
+        served eager instead, with a warning; a failure of the model itself raises."""
         started = time.monotonic()
         size = self.prep.input_size
-        for bucket in self.buckets:
-            self.run_tensors(torch.zeros(bucket, 3, size, size, dtype=torch.uint8))
+        for number, bucket in enumerate(self.buckets, 1):
+            logger.info(
+                "warming up %s%s: batch size %d (%d of %d), %.1f s so far",
+                self.info.name,
+                " (torch.compile)" if self.compiled else "",
+                bucket,
+                number,
+                len(self.buckets),
+                time.monotonic() - started,
+            )
+            batch = torch.zeros(bucket, 3, size, size, dtype=torch.uint8)
+            try:
+                self.run_tensors(batch)
+            except Exception as exc:
+                if not self.compiled:
+                    raise
+                self._give_up_compiling(exc)
+                self.run_tensors(batch)
         seconds = time.monotonic() - started
         logger.info("warmed up batch sizes %s in %.1f s", self.buckets, seconds)
         return seconds
 
+    def _give_up_compiling(self, exc: Exception) -> None:
+        summary = next((line for line in str(exc).splitlines() if line.strip()), "")
+        logger.warning(
+            "torch.compile failed for %s (%s: %s); serving it without compiling",
+            self.info.name,
+            type(exc).__name__,
+            summary,
+        )
+        logger.debug("torch.compile failure in full", exc_info=exc)
+        self._module = self._eager
+        self._pad_to_bucket = False
+        self.compiled = False
+        self.info = replace(self.info, compiled=False)
+
     def run(self, images: list[torch.Tensor]) -> list[list[float]]:
-        """A batch of uint8 CHW tensors → one list of class probabilities per image."""
+        """A batch of CHW tensors on the 0–255 scale (uint8 images, float V2 ``tensor`` inputs,
+        or both) → one list of class probabilities per image."""
         return self.run_tensors(torch.stack(images)).tolist()
 
     def run_tensors(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW → float32 probabilities (padded to a bucket for CUDA graphs)."""
+        """NCHW on the 0–255 scale → float32 probabilities (padded to a bucket for CUDA graphs).
+
+        Every batch reaches the model as float32, whatever its items were, so the graphs that
+        warm-up compiles from uint8 zeros also serve float inputs: no compile on a live request."""
         count = batch.shape[0]
         bucket = next((b for b in self.buckets if b >= count), count) if self._pad_to_bucket else count
         if bucket > count:
             batch = torch.cat([batch, batch.new_zeros((bucket - count, *batch.shape[1:]))])
         if self.device.type == "cuda":
             batch = batch.pin_memory()
-        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        batch = batch.to(self.device, non_blocking=True)  # uint8 crosses to the device, the cast runs there
+        batch = batch.to(torch.float32, memory_format=torch.channels_last)
         with self._turn(exclusive=True), torch.inference_mode():
             logits = self._module(batch)[:count]
             return logits.float().softmax(dim=1).cpu()

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.access import access_record
 
@@ -33,6 +34,17 @@ class BodyTooLargeError(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body is larger than the {limit} bytes allowed")
         self.limit = limit
+
+
+class BodyTimeoutError(Exception):
+    """Raised while reading a request body that has not fully arrived within the read timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+
+
+# nginx's status for "the client closed the connection before the answer": never sent, only logged and counted.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def is_v2(path: str) -> bool:
@@ -84,9 +96,22 @@ async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
     return _respond(request, 413, "payload_too_large", str(exc), {"Connection": "close"})
 
 
+async def _body_timeout(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyTimeoutError)
+    return _respond(request, 408, "request_timeout", str(exc), {"Connection": "close"})
+
+
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # The client is gone, so this answer goes nowhere; it exists for the access log and metrics.
+    return _respond(request, CLIENT_CLOSED_REQUEST, "client_closed_request", "the client closed the connection")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _respond(request, 500, "internal_error", "internal server error")
+    # Starlette answers a 500 from outside every middleware, so the request id is added here.
+    request_id = request.scope.get("state", {}).get("request_id")
+    headers = {"X-Request-ID": request_id} if request_id else None
+    return _respond(request, 500, "internal_error", "internal server error", headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -94,4 +119,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BodyTooLargeError, _body_too_large)
+    app.add_exception_handler(BodyTimeoutError, _body_timeout)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -3,42 +3,80 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 
-from app import routes, v2_routes
+from app import routes, ui, v2_routes
 from app.access import AccessMiddleware
+from app.auth import ApiKeys, cors_options
 from app.config import Settings
+from app.drain import Drain
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from app.middleware import BodyLimitMiddleware, CloseWhenDrainingMiddleware, RequestIdMiddleware
 from app.registry import ModelRegistry
+from app.startup import Startup, StartupFailure
+
+logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+async def _warm_up(registry: ModelRegistry, startup: Startup, url: str) -> None:
+    try:
+        await registry.start()
+    except StartupFailure as failure:
+        startup.fail(failure)
+        return
+    logger.info(
+        "ready in %.1f s: %s", startup.elapsed(), url, extra={"fields": {"startup_s": round(startup.elapsed(), 1)}}
+    )
+
+
+def create_app(settings: Settings | None = None, startup: Startup | None = None) -> FastAPI:
+    """The app for ``settings``; ``startup`` (default: a new one) is told when it can never become ready."""
     settings = settings or Settings()
+    startup = startup or Startup()
     metrics = Metrics(settings.max_batch_size)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Loading fails loudly here (a bad checkpoint stops start-up); warm-up runs in the
-        # background so /healthz answers and /readyz says 503 until every model is done.
-        registry = await asyncio.to_thread(ModelRegistry.load, settings, metrics.observe_batch)
+        # A checkpoint that does not load (or a device that is not there) stops start-up here;
+        # warm-up runs in the background so /healthz answers and /readyz says 503 until every
+        # model is done. Either failure means the server can never become ready: `startup` logs
+        # it as one line and stops the server (alexnet-serve then exits with EXIT_NEVER_READY).
+        try:
+            registry = await asyncio.to_thread(ModelRegistry.load, settings, metrics.observe_batch)
+        except Exception as exc:
+            logger.debug("loading failed", exc_info=True)
+            raise startup.fail(StartupFailure(str(exc))) from exc
         app.state.registry = registry
+        drain.attach(registry)
         metrics.track(registry)
-        warm_up = asyncio.create_task(registry.start(), name="warm-up")
+        warm_up = asyncio.create_task(_warm_up(registry, startup, f"http://{host}:{settings.port}"), name="warm-up")
         yield
         await warm_up
         await registry.stop()
 
-    app = FastAPI(title="AlexNet serving", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc with Swagger UI's and ReDoc's files served by the app itself: no CDN.
+    app = FastAPIOffline(title="AlexNet serving", version="0.1.0", lifespan=lifespan)
     app.state.metrics = metrics
+    app.state.api_keys = ApiKeys(settings.api_key_list)
+    app.state.drain = drain = Drain()  # the server starts it on SIGTERM (app.server)
+    app.state.startup = startup
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, read_timeout_s=settings.read_timeout_s)
+    app.add_middleware(CloseWhenDrainingMiddleware, drain=drain)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(AccessMiddleware, metrics=metrics, routes=[*routes.router.routes, *v2_routes.router.routes])
+    if cors := cors_options(settings):
+        app.add_middleware(CORSMiddleware, **cors)
+    known_routes = [*routes.router.routes, *v2_routes.router.routes, *ui.router.routes]
+    app.add_middleware(AccessMiddleware, metrics=metrics, routes=known_routes)
     app.include_router(routes.router)
     app.include_router(v2_routes.router)
+    app.include_router(ui.router)
     return app

@@ -60,6 +60,19 @@ class Metrics:
             registry=registry,
         )
         self.queue_depth = Gauge("alexnet_queue_depth", "Images waiting for a batch.", ["model"], registry=registry)
+        self.admitted = Gauge(
+            "alexnet_images_admitted",
+            "Images taken on and not yet answered (uploading, decoding, waiting or in a batch); "
+            "new requests get 429 at max_queue.",
+            ["model"],
+            registry=registry,
+        )
+        self.preparing = Gauge(
+            "alexnet_images_preparing",
+            "Images being decoded or waiting for a decode thread.",
+            ["model"],
+            registry=registry,
+        )
         self.images_in_flight = Gauge(
             "alexnet_images_in_flight", "Images in the batch the model runs now.", ["model"], registry=registry
         )
@@ -80,6 +93,8 @@ class Metrics:
                 {"arch": info.arch, "device": info.device, "dtype": info.dtype, "classes": str(len(info.labels))}
             )
             self.queue_depth.labels(name).set_function(lambda b=batcher: b.queue_depth)
+            self.admitted.labels(name).set_function(lambda s=service: s.admission.admitted)
+            self.preparing.labels(name).set_function(lambda s=service: s.preparing)
             self.images_in_flight.labels(name).set_function(lambda b=batcher: b.in_flight)
             self.ready.labels(name).set_function(lambda s=service: float(s.ready))
             if service.device_memory_bytes() is not None:

@@ -55,6 +55,20 @@ class ModelRegistry:
         """Warm every model up (concurrently) and start its batcher."""
         await asyncio.gather(*(service.start() for service in self))
 
+    def begin_draining(self) -> None:
+        """Every model refuses new work from now on (``ready`` turns false)."""
+        for service in self:
+            service.draining = True
+
+    @property
+    def admitted(self) -> int:
+        """Images admitted to every model and not yet answered."""
+        return sum(service.admission.admitted for service in self)
+
+    async def idle(self) -> None:
+        """Return once no model has an admitted request left unanswered."""
+        await asyncio.gather(*(service.admission.idle() for service in self))
+
     async def stop(self) -> None:
         """Drain every model."""
         await asyncio.gather(*(service.stop() for service in self))

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.access import access_record
+from app.auth import API_KEY
 from app.deps import MetricsDep, ModelDep, RegistryDep
-from app.pipeline import classify_images, require_ready, timing_headers
+from app.pipeline import admitted, classify_images, require_ready, timing_headers
 from app.schemas import (
     BatchingInfo,
     ErrorResponse,
@@ -29,23 +30,28 @@ router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
-        400: "No image, or malformed multipart",
+        400: "No image, an empty file, or malformed multipart",
+        401: "No API key, or a wrong one (only when ALEXNET_API_KEYS is set)",
         404: "No model of that name (`?model=`)",
         413: "Body over max_upload_bytes",
         415: "Not an image type we take",
         422: "Undecodable, truncated or too many pixels; or invalid query",
-        429: "Queue full: retry after Retry-After",
+        408: "Body not received within read_timeout_s",
+        429: "Overloaded (max_queue images taken on): retry after Retry-After",
         503: "Model not ready or draining: retry after Retry-After",
-        504: "Waited longer than request_timeout_s",
+        504: "No answer within request_timeout_s of arrival",
     }.items()
 }
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: _ERRORS[401]}
 _IMAGE_BODY = {
     "requestBody": {
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+                    },
                     "required": ["file"],
                 }
             },
@@ -71,13 +77,13 @@ async def readyz(registry: RegistryDep) -> Status:
     return Status(status="ready")
 
 
-@router.get("/models", response_model=ModelsResponse, tags=["models"])
+@router.get("/models", response_model=ModelsResponse, tags=["models"], dependencies=[API_KEY], responses=_UNAUTHORIZED)
 async def models(registry: RegistryDep) -> ModelsResponse:
     """The served models, default first: name, labels, input size, device, dtype, batching settings."""
     return ModelsResponse(models=[_describe(service) for service in registry])
 
 
-@router.get("/metrics", tags=["metrics"], response_class=Response)
+@router.get("/metrics", tags=["metrics"], response_class=Response, dependencies=[API_KEY], responses=_UNAUTHORIZED)
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics (text exposition format)."""
     return Response(metrics.render(), media_type=metrics.content_type)
@@ -89,6 +95,7 @@ async def metrics(metrics: MetricsDep) -> Response:
     tags=["predict"],
     responses=_ERRORS,  # type: ignore[arg-type]
     openapi_extra=_IMAGE_BODY,
+    dependencies=[API_KEY],
 )
 async def predict(
     request: Request,
@@ -100,11 +107,11 @@ async def predict(
     Example: `curl -F file=@cat.jpg localhost:8000/predict`; another model: `/predict?model=imagenet`.
     """
     started = time.monotonic()
-    require_ready(service)
-    images = await read_images(request, max_files=service.settings.max_files)
-    record = access_record(request.scope)
-    record.images = len(images)
-    answers = record.answers = await classify_images(service, images)
+    with admitted(service) as ticket:
+        images = await read_images(request, max_files=service.settings.max_files)
+        record = access_record(request.scope)
+        record.images = len(images)
+        answers = record.answers = await classify_images(service, images, ticket, request.receive)
     labels, k = service.info.labels, min(top_k, len(service.info.labels))
     results = [classify(answer.probabilities, labels, k) for answer in answers]
     if len(images) == 1:

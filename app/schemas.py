@@ -94,3 +94,39 @@ class V2ModelMetadata(BaseModel):
     platform: str = Field(examples=["pytorch_eager"])
     inputs: list[V2TensorMetadata]
     outputs: list[V2TensorMetadata]
+
+
+class V2Error(BaseModel):
+    """Open Inference Protocol error: the message alone (the status says the kind)."""
+
+    error: str = Field(examples=["input 'images' is BYTES, not FP32"])
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str = Field(examples=["catdog"])
+    ready: bool
+
+
+class V2OutputTensor(BaseModel):
+    name: str = Field(examples=["probabilities"])
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(examples=[[1, 2]])
+    data: list[float | str] | None = Field(None, description="JSON data, flat row-major; absent when binary.")
+    parameters: dict[str, int] | None = Field(None, description="`binary_data_size` when the data is binary.")
+
+
+class V2InferResponse(BaseModel):
+    """Open Inference Protocol inference response (the JSON part, when binary data follows)."""
+
+    model_name: str = Field(examples=["catdog"])
+    model_version: str = Field(examples=["1"])
+    id: str | None = Field(None, description="The request's id, when it had one.")
+    outputs: list[V2OutputTensor]

@@ -7,15 +7,18 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 
+from app.admission import Admission
 from app.arrays import pixel_items, tensor_items
 from app.batcher import Batcher
 from app.config import Settings
 from app.engine import Engine
+from app.startup import StartupFailure
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +64,32 @@ class ModelService:
             coming=lambda: self._preparing,
             window_opens_when_free=self.engine.takes_turns,
         )
+        self.admission = Admission(settings.max_queue, settings.request_timeout_s)
         self._preparing = 0  # images being decoded or split, about to reach the batcher
         self.warm = False
         self.draining = False
         self.startup_error: str | None = None
 
     @property
+    def preparing(self) -> int:
+        """Images being decoded or split, or waiting for a decode thread."""
+        return self._preparing
+
+    @property
     def ready(self) -> bool:
         return self.warm and not self.draining and self.batcher.running
 
     async def start(self) -> None:
-        """Warm the model up off the event loop, then start taking work."""
+        """Warm the model up off the event loop, then start taking work.
+
+        Raises ``StartupFailure`` when warm-up fails (the model stays unready, saying why)."""
         try:
             seconds = await asyncio.get_running_loop().run_in_executor(self._model_thread, self.engine.warm_up)
         except Exception as exc:
             self.startup_error = f"warm-up failed: {exc}"
-            logger.exception("warm-up failed; the service stays unready")
-            return
+            logger.debug("warm-up of %s failed", self.info.name, exc_info=True)
+            raise StartupFailure(f"warm-up of model {self.info.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        self.info = replace(self.engine.info, name=self.info.name)  # warm-up may have given up compiling
         self.batcher.start()
         self.warm = True
         logger.info(
@@ -91,15 +103,25 @@ class ModelService:
         self._decode_pool.shutdown(wait=True)
         self._model_thread.shutdown(wait=True)
 
-    async def preprocess(self, data: bytes) -> tuple[Any, float]:
-        """Decode and transform off the event loop; returns (tensor, seconds)."""
+    async def preprocess(self, data: bytes, turn: asyncio.Semaphore | None = None) -> tuple[Any, float]:
+        """Decode and transform off the event loop; returns (tensor, seconds).
+
+        ``turn``, when given, is held while decoding: a request's share of the decode threads,
+        so that its many images take turns with other requests' instead of queueing ahead of them.
+        """
         started = time.monotonic()
         self._preparing += 1
         try:
-            tensor = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.engine.preprocess, data)
+            async with turn or nullcontext():
+                loop = asyncio.get_running_loop()
+                tensor = await loop.run_in_executor(self._decode_pool, self.engine.preprocess, data)
         finally:
             self._preparing -= 1
         return tensor, time.monotonic() - started
+
+    async def pixels_to_decode(self, images: list[bytes]) -> int:
+        """How many pixels decoding ``images`` would produce, read from their headers off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self.engine.pixels_to_decode, images)
 
     async def array_items(
         self, data: bytes, layout: Literal["pixels", "tensor"], count: int
@@ -124,7 +146,8 @@ class ModelService:
         device = self.engine.device
         return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
-    async def predict(self, tensor: Any, preprocess_seconds: float) -> Timed:
-        """Submit one preprocessed item to the batcher and wait for its probabilities."""
-        result = await self.batcher.submit(tensor)
+    async def predict(self, tensor: Any, preprocess_seconds: float, deadline: float | None = None) -> Timed:
+        """Submit one preprocessed item to the batcher and wait for its probabilities; past
+        ``deadline`` (``time.monotonic()``) it is not put in a batch any more."""
+        result = await self.batcher.submit(tensor, deadline)
         return Timed(result.value, result.batch_size, preprocess_seconds, result.queue_seconds, result.run_seconds)

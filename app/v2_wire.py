@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ from app.errors import ApiError
 NUMERIC = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 BYTES = "BYTES"
 _LENGTH = struct.Struct("<I")
+MAX_RANK = 64  # numpy's and Triton's limit on dimensions
+_INT64_MAX = 2**63 - 1  # the protocol's shapes are int64
+_SIZE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     json_size = len(body) if header_length is None else _header_length(header_length, len(body))
     try:
         header = json.loads(body[:json_size])
+    except RecursionError as exc:
+        raise invalid("the inference request's JSON is nested too deeply") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise invalid(f"the inference request is not valid JSON ({exc})") from exc
     if not isinstance(header, dict):
@@ -105,7 +111,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def _header_length(value: str, body_size: int) -> int:
-    if not value.isdigit() or int(value) > body_size:
+    if not _SIZE.fullmatch(value) or int(value) > body_size:
         raise invalid(f"Inference-Header-Content-Length {value!r} is not a size within the {body_size}-byte body")
     return int(value)
 
@@ -132,10 +138,10 @@ def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]
     datatype, shape = raw.get("datatype"), raw.get("shape")
     if datatype == "STRING":
         datatype = BYTES
-    if datatype != BYTES and datatype not in NUMERIC:
+    if not isinstance(datatype, str) or (datatype != BYTES and datatype not in NUMERIC):
         raise invalid(f"input '{name}': datatype {datatype!r} is not one of BYTES, STRING, {', '.join(NUMERIC)}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise invalid(f"input '{name}': 'shape' must be a list of non-negative integers")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_dimension(d) for d in shape):
+        raise invalid(f"input '{name}': 'shape' must be a list of at most {MAX_RANK} non-negative integers below 2^63")
     parameters = _object(raw.get("parameters"), f"input '{name}' parameters")
     if any(key.startswith("shared_memory") for key in parameters):
         raise invalid(f"input '{name}': the shared-memory extension is not supported")
@@ -154,6 +160,10 @@ def _input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTensor, int]
         raise invalid(f"input '{name}' has neither 'data' nor 'binary_data_size'")
     decode = _json_elements if datatype == BYTES else _json_array
     return InputTensor(name, datatype, tuple(shape), decode(name, datatype, raw["data"], count)), offset
+
+
+def _is_dimension(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT64_MAX
 
 
 def _binary_elements(name: str, chunk: bytes, count: int) -> list[bytes]:
@@ -180,9 +190,15 @@ def _binary_array(name: str, datatype: str, chunk: bytes, count: int) -> bytes:
 
 
 def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    return [leaf for item in data for leaf in _flatten(item)]
+    """The leaves of nested lists, in order; iterative, so nesting depth costs no stack."""
+    leaves, pending = [], [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(reversed(item))
+        else:
+            leaves.append(item)
+    return leaves
 
 
 def _json_elements(name: str, datatype: str, data: Any, count: int) -> list[bytes]:
@@ -203,7 +219,7 @@ def _json_elements(name: str, datatype: str, data: Any, count: int) -> list[byte
 def _json_array(name: str, datatype: str, data: Any, count: int) -> bytes:
     try:  # nested or flat; numbers given as strings are coerced, as the spec allows
         array = np.asarray(data, dtype=NUMERIC[datatype])
-    except (OverflowError, TypeError, ValueError) as exc:
+    except (OverflowError, TypeError, ValueError, RecursionError) as exc:
         raise invalid(f"input '{name}': the data is not a {datatype} array ({exc})") from exc
     if array.size != count:
         raise invalid(f"input '{name}': {array.size} elements for a shape holding {count}")

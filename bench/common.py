@@ -13,7 +13,7 @@ import random
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
 def environment() -> dict[str, Any]:
     """Facts that make a number comparable: machine, software versions, commit, thread settings."""
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),

@@ -8,7 +8,12 @@
    the floor for the service's p50 at concurrency 1.
 4. The in-process limit: ``Engine`` with the service's own thread split (a pool of
    ``preprocess_threads`` decoding uploads, one model thread batching what is queued, as
-   ``app.batcher`` does) for a fixed time. The best of these is the ceiling for ``/predict``.
+   ``app.batcher`` does) for a fixed time.
+5. The stage-sum bound on the same cores: decode + preprocess per image (spread over the
+   server's decode threads) plus the model's time per image at the served batch size, in
+   turns as ``ALEXNET_CPU_TURNS`` runs them. No pipeline on these cores can beat it; the
+   server's HTTP work comes on top. With ``--compile`` the compiled variants are also timed
+   interleaved (round-robin, one process) at the served batch size and given as ratios.
 
     python -m bench.inprocess --images ../shared/data/catdog/val --batch-sizes 1,8,32 [--compile]
 
@@ -42,10 +47,11 @@ from app.engine import ACCEPTED_FORMATS, Engine
 from bench import common, models
 from bench.models import Variant
 from model.checkpoint import Checkpoint, load_checkpoint
-from model.precision import cpu_has_fast_bf16, resolve_device
+from model.precision import cpu_has_fast_bf16, cpu_supports_int8, parse_dtype, resolve_device
 from model.presets import Preprocessing, eval_tensor, open_image
+from model.quantize import is_calibrated
 
-SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -299,15 +305,18 @@ def pipeline(
     )
 
 
-def default_dtypes(device: torch.device) -> list[str]:
-    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+def default_dtypes(device: torch.device, checkpoint: Checkpoint) -> list[str]:
+    if device.type == "cuda":
+        return ["fp32", "bf16", "fp16"]
+    return ["fp32", "bf16"] + (["int8"] if is_calibrated(checkpoint) and cpu_supports_int8() else [])
 
 
 def stage_variants(dtypes: Sequence[str], compile_model: bool, stock_lrn: bool) -> list[Variant]:
     """fp32 NCHW first (the reference); channels-last on/off per dtype; compiled channels-last when asked."""
     variants = [Variant("fp32", channels_last=False, stock_lrn=True)] if stock_lrn else []
     for dtype in dtypes:
-        variants += [Variant(dtype, channels_last=False), Variant(dtype, channels_last=True)]
+        if dtype != "int8":  # eager int8 only simulates the int8 kernels (quantise/dequantise around fp32)
+            variants += [Variant(dtype, channels_last=False), Variant(dtype, channels_last=True)]
     if compile_model:
         variants += [Variant(dtype, channels_last=True, compile=True) for dtype in dtypes]
     return variants
@@ -327,6 +336,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage-seconds", type=float, default=1.5, help="measuring time per stage-table cell")
     parser.add_argument("--pipeline-seconds", type=float, default=10.0, help="measuring time per pipeline run")
     parser.add_argument("--warm-up-seconds", type=float, default=2.0, help="unmeasured pipeline start")
+    parser.add_argument("--interleaved-rounds", type=int, default=8, help="rounds of the interleaved model timing")
     parser.add_argument("--skip-stages", action="store_true", help="only the single-image latency and pipeline")
     parser.add_argument("--skip-pipeline", action="store_true", help="only the stage table")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/out/inprocess-<device>.json)")
@@ -340,6 +350,8 @@ def run_pipelines(
     results, latencies = [], {}
     for compile_model in [False, True] if args.compile else [False]:
         for dtype in dtypes:
+            if dtype == "int8" and not compile_model:
+                continue
             settings = service_settings(checkpoint, str(device), dtype, compile_model)
             engine = Engine(settings)
             warm_up_s = engine.warm_up()
@@ -359,12 +371,12 @@ def run_pipelines(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     device = resolve_device(args.device)
-    dtypes = args.dtypes.split(",") if args.dtypes else default_dtypes(device)
     with tempfile.TemporaryDirectory() as scratch:
         paths, described = common.resolve_images(args.images, args.num_images, synthetic_dir=Path(scratch))
         blobs = [path.read_bytes() for path in paths]
     checkpoint = common.checkpoint_or_random(args.checkpoint)
     loaded = load_checkpoint(checkpoint)
+    dtypes = args.dtypes.split(",") if args.dtypes else default_dtypes(device, loaded)
     prep = loaded.meta.preprocessing
     print(f"in-process benchmark: {described}; checkpoint {checkpoint}; device {device}", flush=True)
     decode = decode_stages(blobs, prep, seconds=args.decode_seconds)
@@ -383,6 +395,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loaded, device, variants, common.parse_ints(args.batch_sizes), tensors, per_image_ms, args.stage_seconds
         )
         report["stages"] = [asdict(row) for row in rows]
+        served, settings = served_variant(checkpoint, loaded, device)
+        batch = input_batch(tensors, settings.max_batch_size)
+        model_ms = next(
+            (
+                (row.h2d_ms + row.forward_ms + row.softmax_ms) / row.batch_size
+                for row in rows
+                if row.variant == served.name and row.batch_size == settings.max_batch_size
+            ),
+            None,
+        )
+        if args.compile:
+            compiled = [variant for variant in variants if variant.compile]
+            timed = interleaved(loaded, device, compiled, batch, args.interleaved_rounds)
+            report["interleaved"] = {"batch_size": settings.max_batch_size, "variants": timed}
+            for name, ms in timed.items():
+                print(
+                    f"  interleaved b={settings.max_batch_size} {name:28} {ms['wall_ms_per_image']:6.2f} ms/img, "
+                    f"{ms['cpu_ms_per_image']:6.2f} CPU ms/img",
+                    flush=True,
+                )
+            if served.name in timed:
+                model_ms = timed[served.name]["wall_ms_per_image"]
+        if model_ms is not None:
+            bound = stage_sum_bound(per_image_ms, model_ms, settings.preprocess_threads)
+            report["stage_sum_bound"] = bound | {"variant": served.name, "batch_size": settings.max_batch_size}
+            report["stage_sum_bound_img_s"] = bound["img_s"]
     if not args.skip_pipeline:
         results, latencies = run_pipelines(checkpoint, args, device, dtypes, blobs)
         best = max(results, key=lambda result: result.img_s)
@@ -397,6 +435,61 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown(report))
     print(f"wrote {out}")
     return report
+
+
+def served_variant(checkpoint: Path, loaded: Checkpoint, device: torch.device) -> tuple[Variant, Settings]:
+    """The variant the server runs with its settings (``ALEXNET_*`` included) on this device."""
+    settings = Settings(checkpoint=checkpoint, device=str(device))  # type: ignore[call-arg]
+    compiled = settings.compile if settings.compile is not None else device.type == "cpu"
+    dtype = parse_dtype(settings.dtype, device, int8_ready=compiled and is_calibrated(loaded))
+    name = SHORT_DTYPES[str(dtype).removeprefix("torch.")]
+    return Variant(name, channels_last=True, compile=compiled), settings
+
+
+def interleaved(
+    checkpoint: Checkpoint,
+    device: torch.device,
+    variants: Sequence[Variant],
+    batch: torch.Tensor,
+    rounds: int,
+) -> dict[str, dict[str, float]]:
+    """Median wall and CPU (all threads) ms per image of each variant's forward at one batch size,
+    round-robin in one process, so that a busy machine slows all of them alike and their ratios
+    hold; CPU time is what the work costs, however many other processes want the cores."""
+    modules = {variant.name: models.build(checkpoint, device, variant) for variant in variants}
+    on_device = {variant.name: models.to_device(batch, device, variant.channels_last) for variant in variants}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in modules}
+    sync = device_sync(device)
+    with torch.inference_mode():
+        for name, module in modules.items():  # compile and warm up
+            module(on_device[name])
+            module(on_device[name])
+        for _ in range(rounds):
+            for name, module in modules.items():
+                sync()
+                started, cpu = time.perf_counter(), time.process_time()
+                module(on_device[name])
+                sync()
+                samples[name].append((time.perf_counter() - started, time.process_time() - cpu))
+    return {
+        name: {
+            "wall_ms_per_image": 1000 * statistics.median(wall for wall, _ in times) / batch.shape[0],
+            "cpu_ms_per_image": 1000 * statistics.median(cpu for _, cpu in times) / batch.shape[0],
+        }
+        for name, times in samples.items()
+    }
+
+
+def stage_sum_bound(decode_ms: float, model_ms: float, decode_threads: int) -> dict[str, float]:
+    """img/s if the cores did nothing but decode (spread over the decode threads) and run the model in turns."""
+    parallel = max(1, min(decode_threads, os.cpu_count() or 1))
+    per_image = decode_ms / parallel + model_ms
+    return {
+        "decode_ms_per_image_one_thread": decode_ms,
+        "decode_parallelism": parallel,
+        "model_ms_per_image": model_ms,
+        "img_s": 1000 / per_image,
+    }
 
 
 def torch_facts(device: torch.device) -> dict[str, Any]:
@@ -438,6 +531,27 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         lines.append(
             f"\nin-process limit: {report['inprocess_limit_img_s']:.1f} img/s ({report['inprocess_limit_path']})"
+        )
+    if "interleaved" in report:
+        timed = report["interleaved"]["variants"]
+        slowest = max(row["cpu_ms_per_image"] for row in timed.values())
+        lines += [
+            "",
+            f"| model, interleaved at batch {report['interleaved']['batch_size']} | wall ms/img | CPU ms/img "
+            "| CPU speed-up |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {row['wall_ms_per_image']:.2f} | {row['cpu_ms_per_image']:.2f} "
+            f"| {slowest / row['cpu_ms_per_image']:.2f}× |"
+            for name, row in timed.items()
+        ]
+    if "stage_sum_bound" in report:
+        bound = report["stage_sum_bound"]
+        lines.append(
+            f"\nstage-sum bound ({bound['variant']}, batch {bound['batch_size']}): "
+            f"{bound['decode_ms_per_image_one_thread']:.2f} ms decode / {bound['decode_parallelism']} threads "
+            f"+ {bound['model_ms_per_image']:.2f} ms model per image → {bound['img_s']:.1f} img/s"
         )
     return "\n".join(lines)
 

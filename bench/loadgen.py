@@ -2,13 +2,16 @@
 
     python -m bench.loadgen --url http://127.0.0.1:8000/predict --concurrency 1,8,32 --duration 15
 
-At each concurrency it reports img/s (successful answers completed in the measured window),
-p50/p90/p99 latency, errors, the mean batch size seen by an image (from ``X-Batch-Size``) and
+It first waits for the server's ``/readyz`` (``--ready-timeout``; a server that never gets ready
+stops the run with its last answer). At each concurrency it reports img/s (successful answers
+completed in the measured window), p50/p90/p99 latency, the answers by status code, errors, the
+mean batch size seen by an image (from ``X-Batch-Size``) and
 the client's own CPU use: on a 2-core machine the client competes with the server, so the
 share it took is part of the result. The client is ``wrk`` with ``bench/wrk_predict.lua``
 (request bodies built once from pre-read files) when installed, else the asyncio client in
 ``bench.client``. Bodies are multipart ``file`` uploads (default) or raw ``image/jpeg``.
-Writes JSON and a PNG plot to ``bench/out/``.
+Writes JSON and a PNG plot to ``bench/out/``. Exits 1 when any request failed (a non-200 answer, a
+refused connection, a timeout).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
 
 from bench import client, common
 from bench.plots import plot_levels
@@ -57,6 +63,7 @@ class LevelResult:
     client_cpu_s: float
     client_core_share: float
     client_machine_share: float
+    statuses: dict[str, int] = field(default_factory=dict)  # answers in the window by HTTP status ("200": n)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -106,6 +113,7 @@ def summarize_samples(
     ok = [sample for sample in measured if sample.status == 200]
     all_errors = Counter(errors)
     all_errors.update(f"status_{sample.status}" for sample in measured if sample.status != 200)
+    statuses = Counter(str(sample.status) for sample in measured)
     latencies = [1000 * (sample.done - sample.sent) for sample in ok]
     core, machine = cpu_shares(*cpu)
     seconds = end - start
@@ -126,6 +134,7 @@ def summarize_samples(
         client_cpu_s=cpu[0],
         client_core_share=core,
         client_machine_share=machine,
+        statuses=dict(sorted(statuses.items())),
     )
 
 
@@ -191,8 +200,9 @@ def summarize_wrk(raw: dict[str, Any], *, concurrency: int, body: str, cpu: tupl
     statuses: Counter[str] = Counter()
     for item in filter(None, raw["statuses"].split(",")):
         code, count = item.split(":")
-        statuses[f"status_{code}"] += int(count)
-    errors = {kind: raw[kind] for kind in ("connect", "read", "write", "timeout") if raw[kind]} | dict(statuses)
+        statuses[code] += int(count)
+    errors = {kind: raw[kind] for kind in ("connect", "read", "write", "timeout") if raw[kind]}
+    errors |= {f"status_{code}": count for code, count in statuses.items()}
     ok = raw["requests"] - sum(statuses.values())
     seconds = raw["duration_us"] / 1e6
     core, machine = cpu_shares(*cpu)
@@ -213,6 +223,7 @@ def summarize_wrk(raw: dict[str, Any], *, concurrency: int, body: str, cpu: tupl
         client_cpu_s=cpu[0],
         client_core_share=core,
         client_machine_share=machine,
+        statuses=dict(sorted((statuses + Counter({"200": ok})).items())),
     )
 
 
@@ -258,11 +269,41 @@ def run_levels(
 def format_level(level: LevelResult) -> str:
     errors = sum(level.errors.values())
     batch = f"{level.mean_batch:.1f}" if level.mean_batch is not None else "-"
-    return (
+    line = (
         f"  c={level.concurrency:<4} {level.img_s:7.1f} img/s  p50 {level.p50_ms:7.1f}  p90 {level.p90_ms:7.1f}  "
         f"p99 {level.p99_ms:7.1f} ms  batch {batch:>5}  errors {errors}  "
         f"client {level.client} {100 * level.client_core_share:.1f}% of a core"
     )
+    if errors:
+        answers = " ".join(f"{code}:{count}" for code, count in level.statuses.items())
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(level.errors.items()))
+        line += f"\n         answers by status {answers or '-'}; errors: {kinds}"
+    return line
+
+
+def failed_requests(levels: Sequence[LevelResult]) -> int:
+    """Requests that did not get a 200: error answers, refused or broken connections, timeouts."""
+    return sum(sum(level.errors.values()) for level in levels)
+
+
+def wait_ready(predict_url: str, ready_path: str, timeout: float) -> float:
+    """Poll ``ready_path`` on ``predict_url``'s server until it answers 200; returns the seconds waited.
+    ``SystemExit`` with the last answer (or connection error) when ``timeout`` passes first."""
+    parts = urlsplit(predict_url)
+    url = f"{parts.scheme}://{parts.netloc}{ready_path}"
+    started = time.monotonic()
+    last = "no answer yet"
+    while True:
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == 200:
+                return time.monotonic() - started
+            last = f"HTTP {response.status_code}: {response.text.strip()[:200]}"
+        except httpx.TransportError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"loadgen: {url} not ready after {timeout:g} s; last answer: {last}")
+        time.sleep(0.25)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -276,6 +317,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--body", choices=BODY_MODES, default="multipart")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    parser.add_argument("--ready-path", default="/readyz", help="path that answers 200 once the server is ready")
+    parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for --ready-path")
     parser.add_argument("--label", default="server", help="name in the output files and plot")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/out/loadgen-<label>.json)")
     return parser
@@ -286,6 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         images, described = common.resolve_images(args.images, args.num_images, synthetic_dir=Path(scratch))
         print(f"loadgen → {args.url}: {described}, {args.body} bodies", flush=True)
+        waited = wait_ready(args.url, args.ready_path, args.ready_timeout)
+        print(f"  ready ({args.ready_path} 200 after {waited:.1f} s)", flush=True)
         levels = run_levels(
             args.url,
             images,
@@ -302,12 +347,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "images": described,
         "label": args.label,
         "levels": [asdict(level) for level in levels],
+        "failed_requests": failed_requests(levels),
     }
     out = common.write_json(args.out or common.OUT_DIR / f"loadgen-{args.label}.json", report)
-    plot = plot_levels({args.label: report["levels"]}, out.with_suffix(".png"), f"/predict load: {args.label}")
-    print(f"wrote {out} and {plot}", file=sys.stderr)
+    if any(level.ok for level in levels):
+        plot = plot_levels({args.label: report["levels"]}, out.with_suffix(".png"), f"/predict load: {args.label}")
+        print(f"wrote {out} and {plot}", file=sys.stderr)
+    else:
+        print(f"wrote {out} (no plot: not one request succeeded)", file=sys.stderr)
+    if report["failed_requests"]:
+        print(f"FAILED: {report['failed_requests']} requests did not get a 200 (see errors above)", file=sys.stderr)
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failed_requests"] else 0)

@@ -16,8 +16,9 @@ from torch import nn
 from model.checkpoint import Checkpoint
 from model.inference import inference_module
 from model.lrn import LocalResponseNorm
+from model.quantize import compile_int8
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,11 @@ def build(checkpoint: Checkpoint, device: torch.device, variant: Variant) -> nn.
     source = (
         with_stock_lrn(checkpoint)
         if variant.stock_lrn
-        else Checkpoint(copy.deepcopy(checkpoint.network), checkpoint.meta)
+        else Checkpoint(copy.deepcopy(checkpoint.network), checkpoint.meta, checkpoint.calibration)
     )
     module = inference_module(source, device, variant.torch_dtype, channels_last=variant.channels_last)
+    if variant.compile and variant.dtype == "int8":
+        return compile_int8(module)
     if variant.compile:
         return torch.compile(module, dynamic=False)  # type: ignore[return-value]
     return module

@@ -2,6 +2,8 @@
 
 Our own format is one ``.safetensors`` file whose header metadata carries the JSON
 ``ModelMeta``; weights may be int8 with per-output-channel scales (dequantised at load).
+An int8-calibrated checkpoint also carries the observer state ``model.quantize`` stored
+(tensors named ``__calibration__.*``, facts in the metadata's ``int8``).
 Plain tutorial ``state_dict`` files and torchvision's ImageNet AlexNet file load too,
 always through ``torch.load(weights_only=True)``, so no pickle can run code.
 """
@@ -26,6 +28,7 @@ from model.presets import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 FORMAT_VERSION = 1
 _META_KEY = "alexnet_serving"
 _SCALE_SUFFIX = ".__scale__"
+_CALIBRATION_PREFIX = "__calibration__."
 _CLASSIC_CONVS = (96, 256, 384, 384, 256)
 _TORCHVISION_CONVS = (64, 192, 384, 256, 256)
 
@@ -49,6 +52,7 @@ class ModelMeta:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    int8: dict[str, Any] = field(default_factory=dict)  # static int8 calibration facts; empty: not calibrated
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +77,7 @@ class ModelMeta:
             ),
             training=dict(raw.get("training", {})),
             format_version=int(raw["format_version"]),
+            int8=dict(raw.get("int8", {})),
         )
 
 
@@ -82,11 +87,23 @@ class Checkpoint:
 
     network: nn.Module
     meta: ModelMeta
+    calibration: dict[str, torch.Tensor] = field(default_factory=dict)  # int8 observer state, see model.quantize
 
 
-def save_checkpoint(path: str | Path, net: nn.Module, meta: ModelMeta, *, int8: bool = False) -> Path:
-    """Write our safetensors format; ``int8`` stores every weight matrix/kernel as int8."""
-    tensors: dict[str, torch.Tensor] = {}
+def save_checkpoint(
+    path: str | Path,
+    net: nn.Module,
+    meta: ModelMeta,
+    *,
+    int8: bool = False,
+    calibration: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write our safetensors format; ``int8`` stores every weight matrix/kernel as int8;
+    ``calibration`` is the int8 observer state (``meta.int8`` describes it)."""
+    tensors: dict[str, torch.Tensor] = {
+        _CALIBRATION_PREFIX + name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in (calibration or {}).items()
+    }
     for name, tensor in net.state_dict().items():
         tensor = tensor.detach().to("cpu", torch.float32).contiguous()
         if int8 and name.endswith("weight") and tensor.dim() >= 2:
@@ -119,8 +136,11 @@ def load_checkpoint(path: str | Path, *, labels: list[str] | None = None) -> Che
     if not path.is_file():
         raise CheckpointError(path, "no such file")
     with open(path, "rb") as handle:
-        magic = handle.read(8)
-    if magic[:2] == b"PK" or magic[:1] == b"\x80":
+        magic = handle.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Checked first: a
+    # length whose low byte is 0x80 would otherwise pass for a pickle's protocol marker.
+    safetensors = magic[8:9] == b"{" and 8 + int.from_bytes(magic[:8], "little") <= path.stat().st_size
+    if not safetensors and (magic[:2] == b"PK" or magic[:1] == b"\x80"):
         return _load_state_dict_file(path, labels)
     return _load_safetensors(path, labels)
 
@@ -144,7 +164,12 @@ def _load_safetensors(path: Path, labels: list[str] | None) -> Checkpoint:
         raise CheckpointError(path, f"format version {meta.format_version} is newer than this code ({FORMAT_VERSION})")
     if labels is not None:
         meta = replace(meta, labels=_checked_labels(path, labels, meta.num_classes))
-    return Checkpoint(_build_loaded(path, meta.arch, meta.num_classes, _dequantize(raw)), meta)
+    calibration = {
+        name.removeprefix(_CALIBRATION_PREFIX): raw.pop(name)
+        for name in list(raw)
+        if name.startswith(_CALIBRATION_PREFIX)
+    }
+    return Checkpoint(_build_loaded(path, meta.arch, meta.num_classes, _dequantize(raw)), meta, calibration)
 
 
 def _dequantize(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on an image folder: accuracy, per-class precision/recall,
 confusion matrix.
 
-    python -m model.evaluate --checkpoint model/weights/catdog.safetensors --data DIR [--json]
+    python -m model.evaluate --checkpoint model/weights/catdog.safetensors --data DIR [--json] [--confusion-png PATH]
 """
 
 from __future__ import annotations
@@ -9,17 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.data import CachedImages
 from model.inference import inference_module
 from model.precision import parse_dtype, resolve_device
+from model.quantize import compile_int8
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ class Report:
 
 
 @torch.inference_mode()
-def confusion_matrix(module: nn.Module, loader: DataLoader, num_classes: int, device: torch.device) -> list[list[int]]:
+def confusion_matrix(
+    module: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, device: torch.device
+) -> list[list[int]]:
     """Run ``module`` (uint8 batches in, logits out) over ``loader``; count (true, predicted)."""
     counts = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for images, targets in loader:
@@ -85,10 +90,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="model file (.safetensors, or a .pth state dict)")
     parser.add_argument("--data", required=True, help="image folder: DIR/<class>/<image>")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="fp32", help="fp32 (reference), bf16, fp16 or auto")
+    parser.add_argument("--dtype", default="fp32", help="fp32 (reference), bf16, fp16, int8 (calibrated, CPU) or auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cache-dir", default=None, help="keep decoded images here between runs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--confusion-png", type=Path, default=None, help="also draw the confusion matrix here")
     return parser
 
 
@@ -103,11 +109,46 @@ def evaluate_checkpoint(
 ) -> Report:
     """Accuracy and confusion matrix of ``checkpoint`` on an image folder, run as served."""
     module = inference_module(checkpoint, device, dtype)
+    if dtype == torch.int8:  # the int8 kernels, as served (run eagerly the graph only simulates them)
+        module = compile_int8(module)
     images = CachedImages(data, checkpoint.meta.preprocessing, split="eval", cache_dir=cache_dir)
     if tuple(images.classes) != checkpoint.meta.labels:
         print(f"note: folder classes {images.classes} vs model labels {list(checkpoint.meta.labels)}", file=sys.stderr)
     loader = DataLoader(images, batch_size=batch_size)
-    return Report(checkpoint.meta.labels, confusion_matrix(module, loader, checkpoint.meta.num_classes, device))
+    progress = tqdm(
+        loader, desc="inference", unit="batch", file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 10
+    )
+    return Report(checkpoint.meta.labels, confusion_matrix(module, progress, checkpoint.meta.num_classes, device))
+
+
+def plot_confusion(report: Report, path: Path) -> Path:
+    """The confusion matrix as a PNG: counts in the cells, shaded by each true class's share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.tensor(report.confusion, dtype=torch.float64)
+    shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    size = min(20.0, 2.0 + 0.6 * len(report.labels))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(report.labels))
+    ax.set_xticks(ticks, report.labels, rotation=45, ha="right")
+    ax.set_yticks(ticks, report.labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{report.total} images, accuracy {100 * report.accuracy:.2f}%")
+    if len(report.labels) <= 30:
+        for row in ticks:
+            for column in ticks:
+                color = "white" if shares[row, column] > 0.5 else "black"
+                ax.text(column, row, str(report.confusion[row][column]), ha="center", va="center", color=color)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(args: argparse.Namespace) -> Report:
@@ -121,6 +162,8 @@ def main(args: argparse.Namespace) -> Report:
         cache_dir=args.cache_dir,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    if args.confusion_png:
+        print(f"wrote {plot_confusion(report, args.confusion_png)}", file=sys.stderr)
     return report
 
 

@@ -77,6 +77,10 @@ def _decode(
     try:
         image = Image.open(stream)
     except Image.UnidentifiedImageError as exc:
+        stream.seek(0)
+        if (known := sniff_format(stream.read(1024))) is not None:
+            accepted = f"; use one of {', '.join(sorted(formats))}" if formats else ""
+            raise UnsupportedFormatError(f"{known} images are not supported{accepted}") from exc
         raise ImageError("not a recognised image format") from exc
     if formats is not None and image.format not in formats:
         raise UnsupportedFormatError(f"{image.format} images are not accepted; use one of {', '.join(sorted(formats))}")
@@ -90,6 +94,22 @@ def _decode(
     image.load()  # first frame only for GIF/TIFF/WebP animations
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
+
+
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name image formats PIL cannot open from their first bytes (SVG, HEIF/AVIF, JPEG XL), so
+    they can be refused as unsupported rather than as broken; None for anything else."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!doctype svg", b"<!--")) and b"<svg" in text):
+        return "SVG"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF/AVIF"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "JPEG XL"
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

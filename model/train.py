@@ -3,8 +3,10 @@ a JSON summary and a plot of the curves.
 
     python -m model.train --data ../shared/data/catdog --out runs/catdog
 
-``DATA/train`` is trained on, ``DATA/val`` selects the best epoch. Re-running the same
-command resumes from ``OUT/state.pt``.
+``DATA/train`` is trained on, ``DATA/val`` selects the best epoch. ``OUT`` holds two model files:
+``model.safetensors``, the best epoch so far (the one to serve; its metadata carries the training
+summary once the run ends), and ``state.pt``, the last epoch with its optimiser state, from which
+re-running the same command resumes. Beside them: ``summary.json``, ``curves.png`` and ``cache/``.
 """
 
 from __future__ import annotations
@@ -31,25 +33,47 @@ from model.evaluate import Report, confusion_matrix
 from model.precision import cpu_has_fast_bf16, resolve_device
 from model.presets import Normalize, Preprocessing, train_augment
 
+MODEL_FILE = "model.safetensors"  # the best epoch: what to serve
+STATE_FILE = "state.pt"  # the last epoch and its optimiser: what a re-run resumes from
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none (required or unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default is None or action.default is argparse.SUPPRESS or "%(default)" in text:
+            return text
+        return super()._get_help_string(action) or ""
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train AlexNet on DATA/train, select on DATA/val", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        prog="python -m model.train",
+        description="Train AlexNet on DATA/train, select on DATA/val; re-run the same command to resume.",
+        formatter_class=DefaultsHelpFormatter,
+        add_help=add_help,
+    )
     parser.add_argument("--data", required=True, help="folder with train/ and val/ image folders")
-    parser.add_argument("--out", required=True, help="run folder: state, checkpoint, summary, plot")
+    parser.add_argument(
+        "--out", required=True, help="run folder: model.safetensors (best, to serve), state.pt (to resume), summary"
+    )
     parser.add_argument("--name", default="alexnet-catdog", help="model name stored in the checkpoint")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=40, help="total epochs, counting those already run")
+    parser.add_argument("--batch-size", type=int, default=64, help="training images per step")
     parser.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="on weights, not on biases")
+    parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    parser.add_argument("--warmup-epochs", type=float, default=1.0, help="linear learning-rate warm-up")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="autocast; auto: bf16 where fast"
+    )
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile")
     parser.add_argument("--workers", type=int, default=1, help="augmentation processes")
-    parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default OUT/cache)")
+    parser.add_argument("--cache-dir", default=None, help="decoded-image cache (unset: OUT/cache)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images per split")
     parser.add_argument(
         "--init",
@@ -181,7 +205,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         momentum=args.momentum,
         nesterov=True,
     )
-    state_path = out / "state.pt"
+    state_path = out / STATE_FILE
     start_epoch, history, best = 0, [], {"val_accuracy": -1.0, "epoch": 0}
     if state_path.is_file():
         state = load_training_state(state_path)
@@ -245,9 +269,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         if report.accuracy > best["val_accuracy"]:
             best = {"val_accuracy": report.accuracy, "epoch": epoch + 1}
-            save_checkpoint(
-                out / "best.safetensors", net, ModelMeta(args.name, network.CLASSIC, labels, prep, {"epoch": epoch + 1})
-            )
+            save_checkpoint(out / MODEL_FILE, net, ModelMeta(args.name, network.CLASSIC, labels, prep, dict(best)))
         save_training_state(
             state_path,
             {
@@ -279,7 +301,7 @@ def finish(
     dtype: torch.dtype | None,
     seconds: float,
 ) -> dict[str, Any]:
-    """Write the final checkpoint (the best epoch on val) with its training summary."""
+    """Rewrite the served checkpoint (the best epoch on val) with the run's training summary."""
     from model.checkpoint import load_checkpoint
 
     summary = {
@@ -298,15 +320,16 @@ def finish(
         "seconds_total": round(sum(h["seconds"] for h in history), 1),
         "history": history,
     }
-    best_net = load_checkpoint(out / "best.safetensors").network
+    best_net = load_checkpoint(out / MODEL_FILE).network
     meta = ModelMeta(args.name, network.CLASSIC, labels, prep, {k: v for k, v in summary.items() if k != "history"})
-    save_checkpoint(out / "model.safetensors", best_net, meta)
+    save_checkpoint(out / MODEL_FILE, best_net, meta)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if history:
         plot_history(history, out / "curves.png")
     print(
-        f"done: best val accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']}; "
-        f"wrote {out / 'model.safetensors'}",
+        f"done: best val accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']}, in {out / MODEL_FILE}\n"
+        f"serve it: alexnet-serve --checkpoint {out / MODEL_FILE}\n"
+        f"resume or extend (more --epochs): re-run this command; {out / STATE_FILE} holds the last epoch",
         flush=True,
     )
     return summary

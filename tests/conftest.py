@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.checkpoint import ModelMeta, save_checkpoint
+from model.checkpoint import Checkpoint, ModelMeta, save_checkpoint
 from model.network import AlexNet
 
 # The server compiles the model by default on the CPU (~20 s cold, ~2 s cached per start);
@@ -26,6 +28,26 @@ os.environ.setdefault("ALEXNET_COMPILE", "false")
 REPO = Path(__file__).resolve().parents[1]
 CATDOG = REPO.parent / "shared" / "data" / "catdog"
 SHIPPED = REPO / "model" / "weights" / "catdog.safetensors"
+
+
+def require(available: bool, what: str, install: str) -> None:
+    """Skip the calling test (or module) when ``what`` is missing, saying exactly how to get it;
+    under ``CI=true`` fail instead, so a missing prerequisite never hides coverage in CI."""
+    if available:
+        return
+    message = f"{what} is missing: {install}"
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_catdog() -> None:
+    """The real photos at ``../shared/data/catdog`` (with ``train`` and ``val``)."""
+    require(
+        (CATDOG / "val").is_dir(),
+        f"real photos at {CATDOG}",
+        "put the cat/dog photos there (val/cat, val/dog, train/...; the project's shared data folder)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +67,17 @@ def imagenet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("imagenet") / "alexnet-imagenet.pth"
     torch.save(alexnet(weights=None).state_dict(), path)
     return path
+
+
+@torch.inference_mode()
+def reference_probabilities(checkpoint: Checkpoint, pixels: torch.Tensor) -> torch.Tensor:
+    """fp32 probabilities for a uint8 NCHW batch, normalised here by hand with the checkpoint's own
+    mean and std and run through its bare network: independent of the serving path's modules."""
+    prep = checkpoint.meta.preprocessing
+    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std).view(1, 3, 1, 1)
+    network = checkpoint.network.float().eval()
+    return network((pixels.float() / 255 - mean) / std).softmax(dim=1)
 
 
 def make_image(seed: int = 0, size: tuple[int, int] = (320, 240), fmt: str = "JPEG", mode: str = "RGB") -> bytes:
@@ -134,3 +167,25 @@ def fp32_server(random_checkpoint: Path) -> Iterator[RunningServer]:
     )
     yield server
     server.stop()
+
+
+CHROME_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,800",
+)  # fmt: skip
+
+
+def headless_chromium(profile: Path, *extra_flags: str) -> object:
+    """Debian's Chromium driven by Selenium, with a fresh profile in ``profile``. Both paths are
+    given, so Selenium Manager never runs (nothing can be downloaded here)."""
+    require(importlib.util.find_spec("selenium") is not None, "selenium", "pip install -e '.[dev]'")
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    require(bool(chromium and chromedriver), "a browser", "apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROME_FLAGS, *extra_flags, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,11 @@ import torch
 
 from app.config import Settings
 from app.engine import Engine, batch_buckets
-from model.checkpoint import load_checkpoint
+from model import quantize
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.inference import inference_module
+from model.precision import cpu_has_fast_bf16, cpu_supports_int8
+from model.presets import load_eval_tensor
 from tests.conftest import make_image
 
 
@@ -40,3 +44,38 @@ def test_fast_paths_match_fp32_eager(random_checkpoint: Path, dtype: str, compil
         served = torch.tensor(engine.run(images[:size]))
         assert (served - expected[:size]).abs().max().item() <= tolerance
         assert torch.equal(served.argmax(1), expected[:size].argmax(1)) or tolerance > 1e-3
+
+
+@pytest.fixture(scope="module")
+def calibrated_checkpoint(random_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random checkpoint with a static int8 calibration on generated photos."""
+    checkpoint = load_checkpoint(random_checkpoint)
+    prep = checkpoint.meta.preprocessing
+    batches = [torch.stack([load_eval_tensor(make_image(seed), prep) for seed in range(8)])]
+    found = quantize.calibrate(checkpoint, batches, source="generated")
+    meta = replace(checkpoint.meta, int8=found.info)
+    path = tmp_path_factory.mktemp("int8") / "calibrated.safetensors"
+    return save_checkpoint(path, checkpoint.network, meta, int8=True, calibration=found.tensors)
+
+
+@pytest.mark.slow
+def test_auto_serves_compiled_int8_for_a_calibrated_checkpoint(calibrated_checkpoint: Path) -> None:
+    engine = Engine(Settings(checkpoint=calibrated_checkpoint, dtype="auto", compile=True, max_batch_size=4))
+    assert engine.info.dtype == ("int8" if cpu_supports_int8() else "bfloat16")
+    engine.warm_up()
+    images = [engine.preprocess(make_image(seed)) for seed in range(20, 24)]
+    expected = _reference(calibrated_checkpoint, images)
+    for size in (1, 3, 4):
+        served = torch.tensor(engine.run(images[:size]))
+        assert (served - expected[:size]).abs().max().item() <= 0.05
+
+
+def test_auto_keeps_bf16_or_fp32_when_int8_is_not_ready(random_checkpoint: Path, calibrated_checkpoint: Path) -> None:
+    fallback = "bfloat16" if cpu_has_fast_bf16() else "float32"
+    assert Engine(Settings(checkpoint=random_checkpoint, dtype="auto", compile=True)).info.dtype == fallback
+    assert Engine(Settings(checkpoint=calibrated_checkpoint, dtype="auto", compile=False)).info.dtype == fallback
+
+
+def test_int8_refuses_an_uncalibrated_checkpoint(random_checkpoint: Path) -> None:
+    with pytest.raises(quantize.CalibrationError, match="no int8 calibration"):
+        Engine(Settings(checkpoint=random_checkpoint, dtype="int8", compile=False))

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pty
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.logs import JsonFormatter, TextFormatter
 from app.main import create_app
-from tests.conftest import make_image
+from tests.conftest import free_port, make_image
 
 
 def _access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -61,3 +66,63 @@ def test_text_format_is_for_humans() -> None:
     record.fields = {"request_id": "abc", "status": 200, "model": None}
     text = TextFormatter().format(record)
     assert text.endswith("INFO app.access: GET /models 200 request_id=abc status=200")
+
+
+LIBRARY_WARNINGS = """
+import logging, warnings, torch
+from app.logs import configure_logging
+configure_logging("info", FORMAT)
+logging.getLogger("torch._dynamo").warning("from torch's own logger")  # torch gives it its own handler
+torch.tensor(torch.tensor(1.0))  # a UserWarning raised in torch's C++
+warnings.warn("a plain Python warning")
+"""
+
+
+def test_torch_and_python_warnings_go_through_the_formatter() -> None:
+    """torch's loggers (glog-style ``W1128 ...`` lines by default) and Python warnings print in our format."""
+    script = LIBRARY_WARNINGS.replace("FORMAT", "'json'")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    assert [(r["level"], r["logger"]) for r in records] == [
+        ("WARNING", "torch._dynamo"),
+        ("WARNING", "py.warnings"),
+        ("WARNING", "py.warnings"),
+    ]
+    assert records[0]["message"] == "from torch's own logger"
+    assert "UserWarning: To copy construct from a tensor" in records[1]["message"]
+    assert records[2]["message"].endswith("UserWarning: a plain Python warning")
+
+
+def _stderr_through_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run ``args`` with stderr on a pseudo-terminal; everything it wrote there."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    process.wait(timeout=120)
+    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_log_format_auto_is_text_on_a_terminal_and_json_otherwise(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    env = {k: v for k, v in os.environ.items() if k != "ALEXNET_LOG_FORMAT"}
+    env |= {"ALEXNET_CHECKPOINT": str(bad), "ALEXNET_PORT": str(free_port())}
+    args = [sys.executable, "-m", "app"]
+
+    on_terminal = _stderr_through_a_terminal(args, env).splitlines()
+    assert on_terminal and not [line for line in on_terminal if line.startswith("{")]
+    assert any(re.search(r" ERROR app\.startup: cannot load checkpoint '.*broken\.pth'", line) for line in on_terminal)
+
+    piped = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    records = [json.loads(line) for line in piped.stderr.splitlines()]
+    assert any(r["logger"] == "app.startup" and "broken.pth" in r["message"] for r in records)

@@ -17,6 +17,18 @@ def test_matches_torch_lrn_in_fp32(size: int, alpha: float, beta: float, k: floa
         assert (LocalResponseNorm(size, alpha, beta, k)(layout) - expected).abs().max().item() <= 1e-6
 
 
+@pytest.mark.parametrize(("size", "alpha", "beta", "k"), [(5, 1e-4, 0.75, 2.0), (4, 1e-3, 0.75, 1.0)])
+def test_without_gradients_the_shifted_sum_computes_the_same(size: int, alpha: float, beta: float, k: float) -> None:
+    torch.manual_seed(size)
+    x = torch.randn(4, 96, 13, 13) * 30
+    expected = nn.LocalResponseNorm(size, alpha, beta, k)(x)
+    with torch.no_grad():
+        for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert (LocalResponseNorm(size, alpha, beta, k)(layout) - expected).abs().max().item() <= 1e-6
+        compiled = torch.compile(LocalResponseNorm(size, alpha, beta, k))
+        assert (compiled(x.contiguous(memory_format=torch.channels_last)) - expected).abs().max().item() <= 1e-6
+
+
 def test_normalises_something() -> None:
     x = torch.randn(2, 16, 5, 5) * 100
     assert not torch.allclose(LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x), x)

@@ -1,4 +1,4 @@
-"""The shipped model on real photos (skipped where ../shared/data/catdog is absent)."""
+"""The shipped model on real photos (skipped where ../shared/data/catdog is absent; a failure under CI)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import CATDOG, SHIPPED, RunningServer
+from tests.conftest import CATDOG, SHIPPED, RunningServer, require_catdog
 
-pytestmark = pytest.mark.skipif(not CATDOG.is_dir(), reason=f"real photos not found at {CATDOG}")
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+require_catdog()
 
 
 def _photos(per_class: int) -> list[tuple[str, Path]]:

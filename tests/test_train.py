@@ -61,7 +61,14 @@ def test_loss_falls_resumes_and_evaluates(data: Path, tmp_path: Path, capsys: py
     out = tmp_path / "run"
     train.main(train.get_args_parser().parse_args(_args(data, out, 2)))
     summary = train.main(train.get_args_parser().parse_args(_args(data, out, 5)))  # resumes after epoch 2
-    assert "resumed from" in capsys.readouterr().out
+    printed_by_training = capsys.readouterr().out
+    assert "resumed from" in printed_by_training
+    assert f"serve it: alexnet-serve --checkpoint {out / 'model.safetensors'}" in printed_by_training
+    # one model to serve (the best epoch) and one state to resume from, nothing redundant
+    assert sorted(path.name for path in out.iterdir() if path.suffix in (".safetensors", ".pt")) == [
+        "model.safetensors",
+        "state.pt",
+    ]
     losses = [h["train_loss"] for h in summary["history"]]
     assert len(losses) == 5 and losses[-1] < losses[0]
     assert (out / "curves.png").stat().st_size > 0
@@ -73,10 +80,21 @@ def test_loss_falls_resumes_and_evaluates(data: Path, tmp_path: Path, capsys: py
 
     report = evaluate.main(
         evaluate.get_args_parser().parse_args(
-            ["--checkpoint", str(out / "model.safetensors"), "--data", str(data / "val"), "--json"]
+            [
+                "--checkpoint",
+                str(out / "model.safetensors"),
+                "--data",
+                str(data / "val"),
+                "--json",
+                "--confusion-png",
+                str(tmp_path / "confusion.png"),
+            ]
         )
     )
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert "inference" in captured.err  # progress over the model's batches, not only over decoding
+    assert (tmp_path / "confusion.png").read_bytes().startswith(b"\x89PNG")
     assert printed["images"] == 16 and printed["accuracy"] == report.accuracy
     assert report.accuracy == pytest.approx(summary["best_val_accuracy"])
     assert set(printed["per_class"]) == {"blue", "red"}
@@ -110,3 +128,9 @@ def test_init_refuses_a_model_for_other_labels(data: Path, tmp_path: Path) -> No
     args = [*_args(data, tmp_path / "x", 1), "--init", str(start)]
     with pytest.raises(SystemExit, match="labels"):
         train.main(train.get_args_parser().parse_args(args))
+
+
+def test_help_shows_the_command_and_defaults() -> None:
+    text = train.get_args_parser().format_help()
+    assert text.startswith("usage: python -m model.train")
+    assert "(default: 40)" in text and "(default: 0.01)" in text and "(default: None)" not in text

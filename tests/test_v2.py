@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from tritonclient.utils import InferenceServerException
 from model.checkpoint import load_checkpoint
 from model.presets import load_eval_tensor
 from tests.conftest import RunningServer, make_image
+
+pytestmark = pytest.mark.slow  # one real two-model server for the module
 
 IMAGES = [make_image(seed) for seed in (21, 22, 23)]
 IMAGENET_LABELS = AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
@@ -210,6 +213,17 @@ def test_health_endpoints_answer_json(server: RunningServer) -> None:
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
 
+def _log_lines_when_written(server: RunningServer, marker: str, timeout: float = 30.0) -> list[dict]:
+    """The JSON log lines holding ``marker``, once there is one: the access line is written
+    after the response has gone out, so it may trail the client's answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{") and marker in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
 def test_one_json_log_line_per_request(server: RunningServer) -> None:
     data = IMAGES[0]
     response = httpx.post(
@@ -218,7 +232,11 @@ def test_one_json_log_line_per_request(server: RunningServer) -> None:
         headers={"Content-Type": "image/jpeg", "X-Request-ID": "log-1"},
     )
     assert response.status_code == 200
-    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{") and '"log-1"' in line]
+    assert _log_lines_when_written(server, '"log-1"'), "no access line for the request"
+    # A later request's line is a barrier: a second line for the first request would be there by then.
+    httpx.get(f"{server.url}/models", headers={"X-Request-ID": "log-barrier"})
+    assert _log_lines_when_written(server, '"log-barrier"')
+    lines = _log_lines_when_written(server, '"log-1"')
     assert len(lines) == 1, lines
     (entry,) = lines
     assert entry["logger"] == "app.access" and entry["route"] == "/predict" and entry["status"] == 200
@@ -226,3 +244,57 @@ def test_one_json_log_line_per_request(server: RunningServer) -> None:
     assert entry["bytes_in"] == len(data) and entry["bytes_out"] == len(response.content)
     assert all(entry[f"{stage}_ms"] >= 0 for stage in ("queue", "preprocess", "inference", "total"))
     assert max(len(line) for line in server.output().splitlines()) < 2000, "a body got into the log"
+
+
+def _images(count: int, seed: int = 40) -> dict[str, object]:
+    """An ``images`` input of ``count`` small, valid pictures (base64 in JSON)."""
+    data = [base64.b64encode(make_image(seed + i, size=(48, 40))).decode() for i in range(count)]
+    return {"name": "images", "shape": [count], "datatype": "BYTES", "data": data}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inputs": [_images(1), _images(1) | {"name": "pixels"}]}, "send exactly one input"),
+        ({"inputs": [_images(1), _images(1)]}, "send exactly one input"),
+        ({"inputs": [_images(1) | {"name": "picture"}]}, "unknown input 'picture'"),
+        ({"inputs": [_images(1)], "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
+        ({"inputs": [_images(1)], "outputs": [{"name": "probabilities"}, {"name": "x"}]}, "unknown output 'x'"),
+        ({"inputs": [_images(1) | {"datatype": "STRING2"}]}, "STRING2"),
+        ({"inputs": [{"name": "tensor", "shape": [1], "datatype": "UINT8", "data": [1]}]}, "'tensor' is FP32"),
+        (
+            {"inputs": [{"name": "pixels", "shape": [1, 227, 227, 3], "datatype": "FP32", "data": [0.0] * 154587}]},
+            "'pixels' is UINT8",
+        ),
+        (
+            {"inputs": [{"name": "images", "shape": [0], "datatype": "BYTES", "data": []}]},
+            "holds 0 images; send 1 to 32",
+        ),
+        ({"inputs": [_images(33)]}, "holds 33 images; send 1 to 32"),
+    ],
+    ids=[
+        "two-inputs",
+        "same-input-twice",
+        "unknown-input",
+        "unknown-output",
+        "one-unknown-output",
+        "unknown-datatype",
+        "tensor-as-uint8",
+        "pixels-as-fp32",
+        "zero-images",
+        "over-the-image-limit",
+    ],
+)
+def test_inputs_and_outputs_are_checked_against_the_model(
+    server: RunningServer, body: dict[str, object], message: str
+) -> None:
+    response = httpx.post(f"{server.url}/v2/models/catdog/infer", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert isinstance(error, str) and message in error, error
+
+
+def test_the_image_limit_is_the_last_request_that_passes(server: RunningServer) -> None:
+    response = httpx.post(f"{server.url}/v2/models/catdog/infer", json={"inputs": [_images(32)]}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [32, 2]
