@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,20 +103,25 @@ def free_port() -> int:
 
 
 class RunningServer:
-    """A real ``python -m app`` process on 127.0.0.1."""
+    """A real ``python -m app ARGS`` process on 127.0.0.1, its output appended to a temporary file."""
 
-    def __init__(self, env: dict[str, str], *, wait_ready: bool = True) -> None:
+    def __init__(self, env: dict[str, str], *args: str, wait_ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = os.environ | {"ALEXNET_HOST": "127.0.0.1", "ALEXNET_PORT": str(self.port)} | env
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"alexnet-serve-{self.port}.log", "w+b")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        handle, name = tempfile.mkstemp(prefix=f"alexnet-serve-{self.port}-", suffix=".log")
+        os.close(handle)
+        self.log = Path(name)
+        self._final_output: str | None = None
+        with self.log.open("ab") as log:  # O_APPEND: reading the file never moves where the child writes
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app", *args], env=full_env, stdout=log, stderr=subprocess.STDOUT
+            )
         if wait_ready:
             self.wait("/readyz")
 
     def wait(self, path: str, timeout: float = 120.0) -> None:
+        """Until ``path`` answers 200; fails when the process ends first or time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -128,10 +134,20 @@ class RunningServer:
             time.sleep(0.1)
         raise TimeoutError(f"{path} not 200 after {timeout} s:\n{self.output()}")
 
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        """Until ``text`` is in the output; fails when the process ends first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.process.poll() is not None:
+                pytest.fail(f"exited with {self.process.returncode} before {text!r}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} after {timeout} s:\n{self.output()}")
+            time.sleep(0.1)
+
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        if self._final_output is not None:
+            return self._final_output
+        return self.log.read_bytes().decode(errors="replace")
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -141,7 +157,9 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
+        if self._final_output is None:
+            self._final_output = self.output()
+            self.log.unlink(missing_ok=True)
         return self.process.returncode
 
 
@@ -149,8 +167,8 @@ class RunningServer:
 def start_server() -> Iterator[Callable[..., RunningServer]]:
     servers: list[RunningServer] = []
 
-    def start(env: dict[str, str], *, wait_ready: bool = True) -> RunningServer:
-        server = RunningServer(env, wait_ready=wait_ready)
+    def start(env: dict[str, str], *args: str, wait_ready: bool = True) -> RunningServer:
+        server = RunningServer(env, *args, wait_ready=wait_ready)
         servers.append(server)
         return server
 

@@ -50,10 +50,11 @@ def test_a_batch_waits_for_running_decodes_and_new_decodes_wait_for_the_batch() 
     threads = [_in_thread(first_decode)]
     decoding.wait(5)
     threads.append(_in_thread(batch))
-    time.sleep(0.1)  # the batch is now waiting for decode 1
+    deadline = time.monotonic() + 5
+    while turns._waiting_exclusive != 1:  # until the batch waits for decode 1
+        assert time.monotonic() < deadline, "the batch never started waiting"
+        time.sleep(0.001)
     threads.append(_in_thread(second_decode))  # must queue behind the waiting batch
-    time.sleep(0.1)
-    assert events == []
     release_decode.set()
     for thread in threads:
         thread.join(5)

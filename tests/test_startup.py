@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from model.checkpoint import ModelMeta, save_checkpoint
 from model.network import AlexNet
 from model.presets import Preprocessing
-from tests.conftest import REPO, free_port, make_image
+from tests.conftest import REPO, RunningServer, free_port, make_image
 
 EXIT_BAD_SETTING = 2
 EXIT_NEVER_READY = 3
@@ -37,57 +37,16 @@ def run_app(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess
     )
 
 
-class App:
-    """``python -m app --port N ARGS`` in the background, its output appended to a file."""
-
-    def __init__(self, log_dir: Path, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"app-{self.port}.log"
-        with self.log.open("ab") as log:  # O_APPEND: the child's writes never overwrite
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "app", "--port", str(self.port), *args],
-                env=os.environ | {"ALEXNET_LOG_FORMAT": "json"} | env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, text: str, timeout: float = 300) -> None:
-        """Until ``text`` is in the output; fails when the process ends first or time runs out."""
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if self.process.poll() is not None:
-                pytest.fail(f"exited with {self.process.returncode} before {text!r}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {text!r} after {timeout} s:\n{self.output()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture
-def start_app(tmp_path: Path) -> Iterator[Any]:
-    apps: list[App] = []
+def start_app(start_server: Callable[..., RunningServer]) -> Callable[..., RunningServer]:
+    """``python -m app ARGS`` with JSON logs unless ``env`` says otherwise, once it logs "ready in"."""
 
-    def start(env: dict[str, str], *args: str) -> App:
-        app = App(tmp_path, env, *args)
-        apps.append(app)
-        app.wait_for("ready in ")
-        return app
+    def start(env: dict[str, str], *args: str) -> RunningServer:
+        server = start_server({"ALEXNET_LOG_FORMAT": "json"} | env, *args, wait_ready=False)
+        server.wait_for("ready in ")
+        return server
 
-    yield start
-    for app in apps:
-        app.stop()
+    return start
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
