@@ -2,7 +2,11 @@
 
 Exit status: 0 after a clean shutdown; 2 when a setting is invalid (one line per setting);
 3 when the server can never become ready (a checkpoint that does not load, a device that is
-not there, a failed warm-up), with one log line saying why and no traceback.
+not there, a failed warm-up), with one log line saying why and no traceback; 1 when one of
+several workers (``ALEXNET_WORKERS``) died while serving.
+
+With one worker (the default) the server runs in this process; with more, this process
+supervises them (``app.workers``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Serve an AlexNet checkpoint over HTTP. Every setting is also an environment variable "
         "ALEXNET_<NAME> (see the README); a flag wins over the variable.",
         epilog="Exit status: 2 for an invalid setting, 3 when the server can never become ready "
-        "(the checkpoint does not load, the device is missing, warm-up failed).",
+        "(the checkpoint does not load, the device is missing, warm-up failed), 1 when one of several "
+        "workers died while serving.",
     )
     parser.add_argument("--host", help="interface to listen on (ALEXNET_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (ALEXNET_PORT, default 8000)")
@@ -39,6 +44,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--compile",
         action=argparse.BooleanOptionalAction,
         help="torch.compile the model (ALEXNET_COMPILE; default: on for the CPU, off for CUDA)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on the one port, each with its own model and batcher (ALEXNET_WORKERS, default 1)",
     )
     parser.add_argument(
         "--log-format",
@@ -86,29 +96,17 @@ def main(argv: list[str] | None = None) -> None:
     log_format = resolve_format(settings.log_format)
     quiet_native_logs(log_format)  # before torch is imported
 
-    import uvicorn
+    if settings.workers > 1:
+        from app.workers import Supervisor
 
-    from app.main import create_app
-    from app.server import DrainingServer, server_options
+        raise SystemExit(Supervisor(settings, log_format, STARTED).run())
+
+    from app.server import build_server
     from app.startup import EXIT_NEVER_READY, Startup
 
     configure_logging(settings.log_level, log_format)
     startup = Startup(started=STARTED)
-    app = create_app(settings, startup)
-    server = DrainingServer(
-        uvicorn.Config(
-            startup.quiet_lifespan(app),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            log_config=None,  # uvicorn's loggers go through ours (JSON or text)
-            access_log=False,  # app.access writes one line per request instead
-            **server_options(settings),  # read timeouts, keep-alive, connection cap
-        ),
-        app.state.drain,
-        settings.drain_timeout_s,
-    )
-    startup.on_failure = lambda: setattr(server, "should_exit", True)
+    server = build_server(settings, startup)
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C before its handlers are in place
         server.run()
     if startup.failure is not None or not server.started:

@@ -102,7 +102,21 @@ class Settings(BaseSettings):
     )
     max_files: int = Field(32, ge=1, description="Most images in one multipart request.")
     preprocess_threads: int = Field(2, ge=1, le=64, description="Threads that decode and resize uploads.")
-    torch_threads: int = Field(0, ge=0, description="Threads for the model on CPU; 0 = one per core.")
+    gpu_decode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="on: JPEGs (RGB or grey) are decoded, resized and cropped in batches on the model's device "
+        "(nvjpeg on CUDA, torchvision on the CPU); other formats and broken files keep the CPU path. "
+        "auto = on for CUDA only.",
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Threads for the model on CPU; 0 = one per core, shared out among the workers."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes on one port, each with its own copy of the model and its own batcher; "
+        "1 = one process, no supervisor.",
+    )
     cpu_turns: bool = Field(
         True,
         description="On the CPU, decoding and model batches take turns on the cores instead of pre-empting each other.",

@@ -12,6 +12,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,9 +20,10 @@ from PIL import Image
 from app.config import Settings
 from app.gate import CPU_TURNS
 from model.checkpoint import load_checkpoint
+from model.device_decode import DecodedBatch, EncodedJpeg, decode_jpegs, decodes_on_device, jpeg_header, sample_jpegs
 from model.inference import inference_module
 from model.precision import parse_dtype, resolve_device
-from model.presets import load_eval_tensor
+from model.presets import ImageError, load_eval_tensor
 from model.quantize import compile_int8, is_calibrated
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,14 @@ def use_compile_cache(directory: Path) -> str | None:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory / "inductor")
     os.environ["TRITON_CACHE_DIR"] = str(directory / "triton")
     return None
+
+
+def allow_recompiles(count: int = 64) -> None:
+    """Static shapes compile once per batch bucket, and models of the same class share Dynamo's
+    count: more than its default limit (8), past which it silently runs a function eager."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(count, dynamo_config.recompile_limit)
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,8 @@ class Engine:
         int8_ready = self.compiled and is_calibrated(checkpoint)
         self.dtype = parse_dtype(settings.dtype, self.device, int8_ready=int8_ready)
         self.takes_turns = settings.cpu_turns and self.device.type == "cpu"
+        self.gpu_decode = settings.gpu_decode
+        self.decodes_on_device = decodes_on_device(settings.gpu_decode, self.device)
         module = inference_module(checkpoint, self.device, self.dtype)  # takes the network over
         self._eager = module  # what warm-up falls back to when compiling fails
         # CUDA graphs (reduce-overhead) need static shapes, so on CUDA batches are padded
@@ -109,6 +121,7 @@ class Engine:
         if not self.compiled:
             self._module = module
         elif self._pad_to_bucket:
+            allow_recompiles()
             self._module = torch.compile(module, mode="reduce-overhead", dynamic=False)
         elif self.dtype == torch.int8:
             self._module = compile_int8(module)
@@ -133,11 +146,27 @@ class Engine:
             settings.dtype,
             f"torch.compile on, cache {settings.cache_dir}" if self.compiled else "eager",
         )
+        self._log_decode_path()
 
-    def preprocess(self, data: bytes) -> torch.Tensor:
-        """Upload bytes → uint8 CHW tensor; raises ``model.presets.ImageError`` subclasses."""
+    def _log_decode_path(self) -> None:
+        if self.decodes_on_device:
+            where = "nvjpeg" if self.device.type == "cuda" else "torchvision"
+            path = f"JPEGs in batches on {self.device} ({where}), other formats with PIL on the CPU"
+        else:
+            path = "every image with PIL on the CPU"
+        logger.info("decoding uploads of %s: %s (ALEXNET_GPU_DECODE=%s)", self.info.name, path, self.gpu_decode)
+
+    def preprocess(self, data: bytes) -> torch.Tensor | EncodedJpeg:
+        """Upload bytes → an item for ``run``: a uint8 CHW tensor, or with device decode a JPEG
+        that only had its header read, to be decoded with its batch; raises
+        ``model.presets.ImageError`` subclasses."""
         with self._turn(exclusive=False):
-            return load_eval_tensor(data, self.prep, max_pixels=self.max_image_pixels, formats=ACCEPTED_FORMATS)
+            if self.decodes_on_device and (jpeg := jpeg_header(data, self.max_image_pixels)) is not None:
+                return jpeg
+            return self._decode_on_cpu(data)
+
+    def _decode_on_cpu(self, data: bytes) -> torch.Tensor:
+        return load_eval_tensor(data, self.prep, max_pixels=self.max_image_pixels, formats=ACCEPTED_FORMATS)
 
     def pixels_to_decode(self, images: list[bytes]) -> int:
         """Pixels that decoding ``images`` produces, from their headers alone (a JPEG counts at the
@@ -183,9 +212,29 @@ class Engine:
                     raise
                 self._give_up_compiling(exc)
                 self.run_tensors(batch)
+        if self.decodes_on_device:
+            self._warm_up_decode()
         seconds = time.monotonic() - started
         logger.info("warmed up batch sizes %s in %.1f s", self.buckets, seconds)
         return seconds
+
+    def _warm_up_decode(self) -> None:
+        """Decode a colour and a greyscale JPEG on the device (the decoder's first call sets it up)
+        and run each through the model. When the device cannot decode them, ``auto`` falls back
+        to PIL with a warning and ``on`` raises."""
+        samples = sample_jpegs()
+        try:
+            with torch.inference_mode():
+                decoded = decode_jpegs(samples, self.prep, self.device)
+                decoded.images.cpu()
+        except RuntimeError as exc:
+            if self.gpu_decode == "on":
+                raise RuntimeError(f"ALEXNET_GPU_DECODE=on, but JPEGs do not decode on {self.device}: {exc}") from exc
+            logger.warning("JPEGs do not decode on %s (%s); decoding every image with PIL on the CPU", self.device, exc)
+            self.decodes_on_device = False
+            return
+        for sample in samples:
+            self.run([sample])
 
     def _give_up_compiling(self, exc: Exception) -> None:
         summary = next((line for line in str(exc).splitlines() if line.strip()), "")
@@ -201,13 +250,78 @@ class Engine:
         self.compiled = False
         self.info = replace(self.info, compiled=False)
 
-    def run(self, images: list[torch.Tensor]) -> list[list[float]]:
-        """A batch of CHW tensors on the 0–255 scale (uint8 images, float V2 ``tensor`` inputs,
-        or both) → one list of class probabilities per image."""
-        return self.run_tensors(torch.stack(images)).tolist()
+    def run(self, items: list[Any]) -> list[list[float] | ImageError]:
+        """A batch of items from ``preprocess`` or ``app.arrays`` (CHW tensors on the 0–255 scale:
+        uint8 images, float V2 ``tensor`` inputs; JPEGs to decode on the device) → for each item
+        its class probabilities, or for a JPEG that does not decode the ``ImageError`` that the
+        CPU path raises for it."""
+        with self._turn(exclusive=True), torch.inference_mode():
+            images, on_device, decoded = self._decode(items)
+            good = [index for index, image in enumerate(images) if isinstance(image, torch.Tensor)]
+            answers = iter([])
+            if good:
+                batch = self._to_batch([images[index] for index in good], [index in on_device for index in good])
+                answers = iter(self._forward(batch).tolist())
+            del decoded  # the copy back to the host above waited for the decoder to read its input
+            return [image if isinstance(image, ImageError) else next(answers) for image in images]
+
+    def _decode(self, items: list[Any]) -> tuple[list[Any], set[int], list[DecodedBatch]]:
+        """Decode the batch's JPEGs on the device, in one go or, when one of them fails, one by one
+        with the failing ones given to the CPU path. Returns the items with each JPEG replaced by
+        its tensor or its ``ImageError``, the indices decoded on the device, and the decodes."""
+        images = list(items)
+        jpegs = [index for index, item in enumerate(items) if isinstance(item, EncodedJpeg)]
+        if not jpegs:
+            return images, set(), []
+        try:
+            decoded = [decode_jpegs([items[index] for index in jpegs], self.prep, self.device)]
+            for index, image in zip(jpegs, decoded[0].images.unbind(0), strict=True):
+                images[index] = image
+            return images, set(jpegs), decoded
+        except RuntimeError as exc:
+            logger.info(
+                "%d JPEGs did not decode together on %s (%s); decoding them one by one",
+                len(jpegs),
+                self.device,
+                next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__),
+            )
+        decoded, on_device = [], set()
+        for index in jpegs:
+            try:
+                decoded.append(decode_jpegs([items[index]], self.prep, self.device))
+                images[index] = decoded[-1].images[0]
+                on_device.add(index)
+            except RuntimeError:
+                try:
+                    images[index] = self._decode_on_cpu(items[index].data)  # the CPU path's pixels or error
+                except ImageError as error:
+                    images[index] = error
+        return images, on_device, decoded
+
+    def _to_batch(self, images: list[torch.Tensor], on_device: list[bool]) -> torch.Tensor:
+        """CHW tensors, decoded on the device or still on the host, in order → one NCHW batch on the device."""
+        host = [image for image, there in zip(images, on_device, strict=True) if not there]
+        device = [image for image, there in zip(images, on_device, strict=True) if there]
+        if not device:
+            return self._upload(torch.stack(host))
+        if not host:
+            return torch.stack(device)
+        uploaded, decoded = iter(self._upload(torch.stack(host)).float()), iter(torch.stack(device).float())
+        return torch.stack([next(decoded) if there else next(uploaded) for there in on_device])
+
+    def _upload(self, batch: torch.Tensor) -> torch.Tensor:
+        """A host batch → the device, through pinned memory with a non-blocking copy on CUDA."""
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)  # uint8 crosses to the device, the cast runs there
 
     def run_tensors(self, batch: torch.Tensor) -> torch.Tensor:
-        """NCHW on the 0–255 scale → float32 probabilities (padded to a bucket for CUDA graphs).
+        """NCHW on the 0–255 scale → float32 probabilities (padded to a bucket for CUDA graphs)."""
+        with self._turn(exclusive=True), torch.inference_mode():
+            return self._forward(self._upload(batch))
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """An NCHW batch on the device → float32 probabilities on the host.
 
         Every batch reaches the model as float32, whatever its items were, so the graphs that
         warm-up compiles from uint8 zeros also serve float inputs: no compile on a live request."""
@@ -215,10 +329,6 @@ class Engine:
         bucket = next((b for b in self.buckets if b >= count), count) if self._pad_to_bucket else count
         if bucket > count:
             batch = torch.cat([batch, batch.new_zeros((bucket - count, *batch.shape[1:]))])
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        batch = batch.to(self.device, non_blocking=True)  # uint8 crosses to the device, the cast runs there
         batch = batch.to(torch.float32, memory_format=torch.channels_last)
-        with self._turn(exclusive=True), torch.inference_mode():
-            logits = self._module(batch)[:count]
-            return logits.float().softmax(dim=1).cpu()
+        logits = self._module(batch)[:count]
+        return logits.float().softmax(dim=1).cpu()

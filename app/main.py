@@ -34,6 +34,7 @@ async def _warm_up(registry: ModelRegistry, startup: Startup, url: str) -> None:
     logger.info(
         "ready in %.1f s: %s", startup.elapsed(), url, extra={"fields": {"startup_s": round(startup.elapsed(), 1)}}
     )
+    startup.ready()
 
 
 def create_app(settings: Settings | None = None, startup: Startup | None = None) -> FastAPI:
@@ -58,6 +59,10 @@ def create_app(settings: Settings | None = None, startup: Startup | None = None)
         drain.attach(registry)
         metrics.track(registry)
         warm_up = asyncio.create_task(_warm_up(registry, startup, f"http://{host}:{settings.port}"), name="warm-up")
+        if startup.warm_before_listening:
+            await warm_up
+            if startup.failure is not None:
+                raise startup.failure
         yield
         await warm_up
         await registry.stop()

@@ -1,10 +1,23 @@
-"""Prometheus metrics, kept in a registry of the app's own so that two apps never collide."""
+"""Prometheus metrics, kept in a registry of the app's own so that two apps never collide.
+
+With several workers (``app.workers``) every worker writes its figures to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode) and a scrape, whichever
+worker answers it, reads them all: counters and histograms add up, the live gauges are the
+sum over the workers (``alexnet_model_ready`` one sample per worker, labelled ``pid``). A
+gauge read from a live figure (queue depth, images admitted, ...) is written to its file by
+each worker every ``LIVE_REFRESH_S``, and by the answering worker at the scrape.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.engine import batch_buckets
 
@@ -15,6 +28,9 @@ if TYPE_CHECKING:
 # From half a millisecond (a queue hop) to the 30 s request timeout.
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# How old another worker's live gauges may be at a scrape (several workers only).
+LIVE_REFRESH_S = 0.5
+
 
 class Metrics:
     """Every metric the service exports; ``render()`` is the ``/metrics`` body."""
@@ -22,6 +38,8 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, max_batch_size: int) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ  # set by app.workers for its workers
+        self._live: list[tuple[Gauge, Callable[[], float]]] = []  # multiprocess: written by _publish_live
         self.registry = CollectorRegistry()
         seconds, registry = SECONDS_BUCKETS, self.registry
         self.requests = Counter(
@@ -34,7 +52,12 @@ class Metrics:
             buckets=seconds,
             registry=registry,
         )
-        self.in_flight = Gauge("alexnet_http_requests_in_flight", "HTTP requests being answered.", registry=registry)
+        self.in_flight = Gauge(
+            "alexnet_http_requests_in_flight",
+            "HTTP requests being answered.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.queue_wait = Histogram(
             "alexnet_queue_wait_seconds",
             "Time an image waited for its batch.",
@@ -59,46 +82,88 @@ class Metrics:
             buckets=batch_buckets(max_batch_size),
             registry=registry,
         )
-        self.queue_depth = Gauge("alexnet_queue_depth", "Images waiting for a batch.", ["model"], registry=registry)
+        self.queue_depth = Gauge(
+            "alexnet_queue_depth",
+            "Images waiting for a batch.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.admitted = Gauge(
             "alexnet_images_admitted",
             "Images taken on and not yet answered (uploading, decoding, waiting or in a batch); "
             "new requests get 429 at max_queue.",
             ["model"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.preparing = Gauge(
             "alexnet_images_preparing",
             "Images being decoded or waiting for a decode thread.",
             ["model"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.images_in_flight = Gauge(
-            "alexnet_images_in_flight", "Images in the batch the model runs now.", ["model"], registry=registry
+            "alexnet_images_in_flight",
+            "Images in the batch the model runs now.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="livesum",
         )
-        self.ready = Gauge("alexnet_model_ready", "1 when the model takes work, else 0.", ["model"], registry=registry)
-        self.model_info = Info("alexnet_model", "The served model.", ["model"], registry=registry)
+        self.ready = Gauge(
+            "alexnet_model_ready",
+            "1 when the model takes work, else 0.",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        # A gauge, not an Info (multiprocess mode has no Info): the same alexnet_model_info samples.
+        self.model_info = Gauge(
+            "alexnet_model_info",
+            "The served model.",
+            ["model", "arch", "device", "dtype", "classes"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.device_memory = Gauge(
             "alexnet_cuda_memory_allocated_bytes",
             "CUDA memory held by tensors (only for models on CUDA).",
             ["device"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
 
     def track(self, models: ModelRegistry) -> None:
         """Publish each model's description and read its live figures at every scrape."""
         for service in models:
             info, name, batcher = service.info, service.info.name, service.batcher
-            self.model_info.labels(name).info(
-                {"arch": info.arch, "device": info.device, "dtype": info.dtype, "classes": str(len(info.labels))}
-            )
-            self.queue_depth.labels(name).set_function(lambda b=batcher: b.queue_depth)
-            self.admitted.labels(name).set_function(lambda s=service: s.admission.admitted)
-            self.preparing.labels(name).set_function(lambda s=service: s.preparing)
-            self.images_in_flight.labels(name).set_function(lambda b=batcher: b.in_flight)
-            self.ready.labels(name).set_function(lambda s=service: float(s.ready))
+            self.model_info.labels(name, info.arch, info.device, info.dtype, str(len(info.labels))).set(1)
+            self._live_gauge(self.queue_depth.labels(name), lambda b=batcher: b.queue_depth)
+            self._live_gauge(self.admitted.labels(name), lambda s=service: s.admission.admitted)
+            self._live_gauge(self.preparing.labels(name), lambda s=service: s.preparing)
+            self._live_gauge(self.images_in_flight.labels(name), lambda b=batcher: b.in_flight)
+            self._live_gauge(self.ready.labels(name), lambda s=service: float(s.ready))
             if service.device_memory_bytes() is not None:
-                self.device_memory.labels(info.device).set_function(lambda s=service: s.device_memory_bytes() or 0)
+                self._live_gauge(self.device_memory.labels(info.device), lambda s=service: s.device_memory_bytes() or 0)
+        if self._live:
+            threading.Thread(target=self._publish_live, name="metrics", daemon=True).start()
+
+    def _live_gauge(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """``gauge`` reads ``read()`` at every scrape; with several workers, it is written every LIVE_REFRESH_S."""
+        if self.multiprocess:
+            self._live.append((gauge, read))
+        else:
+            gauge.set_function(read)
+
+    def _publish_live(self) -> None:
+        while True:
+            self._write_live()
+            time.sleep(LIVE_REFRESH_S)
+
+    def _write_live(self) -> None:
+        for gauge, read in self._live:
+            gauge.set(read())
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         """One batch the model ran (the batcher's hook)."""
@@ -118,5 +183,10 @@ class Metrics:
                 preprocess.observe(answer.preprocess)
 
     def render(self) -> bytes:
-        """The text exposition format of every metric."""
-        return generate_latest(self.registry)
+        """The text exposition format of every metric (of every worker, with several)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self._write_live()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -68,7 +68,7 @@ async def classify_images(
             *(_preprocess(service, data, turn, what, i, count) for i, data in enumerate(images))
         )
         deadline.reschedule(None)  # from here the batcher keeps the deadline: a running batch is never cut short
-        return await _predict_all(service, [item for item, _ in items], [seconds for _, seconds in items], ticket)
+        return await _predict_all(service, [item for item, _ in items], [seconds for _, seconds in items], ticket, what)
 
 
 async def classify_arrays(
@@ -139,11 +139,13 @@ async def _check_pixels(service: ModelService, images: list[bytes]) -> None:
 
 
 async def _predict_all(
-    service: ModelService, items: list[Any], preprocess_seconds: list[float], ticket: Ticket
+    service: ModelService, items: list[Any], preprocess_seconds: list[float], ticket: Ticket, what: str = "input"
 ) -> list[Timed]:
     """Submit preprocessed items to the model's batcher, one queue entry each, and wait for all."""
-    pairs = zip(items, preprocess_seconds, strict=True)
-    return await asyncio.gather(*(_predict(service, item, seconds, ticket.deadline) for item, seconds in pairs))
+    count = len(items)
+    where = [f"{what} {index + 1} of {count}: " if count > 1 else "" for index in range(count)]
+    triples = zip(items, preprocess_seconds, where, strict=True)
+    return await asyncio.gather(*(_predict(service, item, s, ticket.deadline, at) for item, s, at in triples))
 
 
 async def _preprocess(
@@ -152,17 +154,24 @@ async def _preprocess(
     where = f"{what} {index + 1} of {count}: " if count > 1 else ""
     try:
         return await service.preprocess(data, turn)
-    except ImageTooLargeError as exc:
-        raise ApiError(422, "image_too_large", where + str(exc)) from exc
-    except UnsupportedFormatError as exc:
-        raise ApiError(415, "unsupported_image_format", where + str(exc)) from exc
     except ImageError as exc:
-        raise ApiError(422, "invalid_image", where + str(exc)) from exc
+        raise _image_error(exc, where) from exc
 
 
-async def _predict(service: ModelService, item: Any, preprocess_seconds: float, deadline: float) -> Timed:
+def _image_error(exc: ImageError, where: str) -> ApiError:
+    if isinstance(exc, ImageTooLargeError):
+        return ApiError(422, "image_too_large", where + str(exc))
+    if isinstance(exc, UnsupportedFormatError):
+        return ApiError(415, "unsupported_image_format", where + str(exc))
+    return ApiError(422, "invalid_image", where + str(exc))
+
+
+async def _predict(service: ModelService, item: Any, preprocess_seconds: float, deadline: float, where: str) -> Timed:
+    """Wait for one item's answer; a JPEG decoded with its batch fails here as it would have in ``_preprocess``."""
     try:
         return await service.predict(item, preprocess_seconds, deadline)
+    except ImageError as exc:
+        raise _image_error(exc, where) from exc
     except QueueFullError as exc:
         raise ApiError(429, "overloaded", f"{exc}; retry shortly", {"Retry-After": "1"}) from exc
     except NotAcceptingError as exc:

@@ -20,7 +20,9 @@ import uvicorn
 
 from app.config import Settings
 from app.drain import Drain
+from app.main import create_app
 from app.protocol import protocol_class
+from app.startup import Startup
 
 # Idle keep-alive connections are closed after this long.
 KEEP_ALIVE_S = 5
@@ -53,3 +55,23 @@ class DrainingServer(uvicorn.Server):
         left = self.drain_timeout_s - (time.monotonic() - started)
         self.config.timeout_graceful_shutdown = max(1, round(left))
         await super().shutdown(sockets)
+
+
+def build_server(settings: Settings, startup: Startup) -> DrainingServer:
+    """The app for ``settings`` in its draining uvicorn server; ``startup`` failing stops it."""
+    app = create_app(settings, startup)
+    server = DrainingServer(
+        uvicorn.Config(
+            startup.quiet_lifespan(app),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            log_config=None,  # uvicorn's loggers go through ours (JSON or text)
+            access_log=False,  # app.access writes one line per request instead
+            **server_options(settings),  # read timeouts, keep-alive, connection cap
+        ),
+        app.state.drain,
+        settings.drain_timeout_s,
+    )
+    startup.on_failure = lambda: setattr(server, "should_exit", True)
+    return server

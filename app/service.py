@@ -19,6 +19,7 @@ from app.batcher import Batcher
 from app.config import Settings
 from app.engine import Engine
 from app.startup import StartupFailure
+from model.presets import ImageError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ModelService:
         self.info = replace(self.engine.info, name=name) if name else self.engine.info
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._decode_pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads, thread_name_prefix="decode")
-        self.batcher: Batcher[Any, list[float]] = Batcher(
+        self.batcher: Batcher[Any, list[float] | ImageError] = Batcher(
             self.engine.run,
             self._model_thread,
             max_batch_size=settings.max_batch_size,
@@ -148,6 +149,10 @@ class ModelService:
 
     async def predict(self, tensor: Any, preprocess_seconds: float, deadline: float | None = None) -> Timed:
         """Submit one preprocessed item to the batcher and wait for its probabilities; past
-        ``deadline`` (``time.monotonic()``) it is not put in a batch any more."""
+        ``deadline`` (``time.monotonic()``) it is not put in a batch any more. Raises
+        ``model.presets.ImageError`` for an item the engine left to its batch to decode (a JPEG
+        decoded on the device) when it does not decode."""
         result = await self.batcher.submit(tensor, deadline)
+        if isinstance(result.value, ImageError):  # a JPEG left to its batch to decode did not decode
+            raise result.value
         return Timed(result.value, result.batch_size, preprocess_seconds, result.queue_seconds, result.run_seconds)

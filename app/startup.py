@@ -23,11 +23,16 @@ class StartupFailure(Exception):
 class Startup:
     """Shared by the app's lifespan (which reports) and whoever runs the server (which stops it)."""
 
-    def __init__(self, started: float | None = None) -> None:
-        """``started``: a ``time.monotonic()`` reading when the process began (default: now)."""
+    def __init__(self, started: float | None = None, *, warm_before_listening: bool = False) -> None:
+        """``started``: a ``time.monotonic()`` reading when the process began (default: now).
+        ``warm_before_listening``: the lifespan warms the models up before the server listens, so
+        that no connection reaches this process before it is ready (the workers after the first
+        one, ``app.workers``); else it listens at once, /healthz answering while it warms up."""
         self.started = time.monotonic() if started is None else started
+        self.warm_before_listening = warm_before_listening
         self.failure: StartupFailure | None = None
         self.on_failure: Callable[[], None] | None = None
+        self.on_ready: Callable[[], None] | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -40,6 +45,11 @@ class Startup:
             if self.on_failure is not None:
                 self.on_failure()
         return failure
+
+    def ready(self) -> None:
+        """Every model is warm: tell whoever runs the server."""
+        if self.on_ready is not None:
+            self.on_ready()
 
     def quiet_lifespan(self, app: ASGIApp) -> ASGIApp:
         """``app`` for the ASGI server, minus the traceback that Starlette attaches to a lifespan

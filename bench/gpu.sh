@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# The benchmarks on a CUDA machine: in-process stages and limit, then ours against the peers
-# over HTTP, ending with the same table as `python -m bench.compare`.
+# The GPU path proved in one command: versions, correctness against CPU fp32, model-only and
+# end-to-end throughput, JSON + PNG + table (python -m bench.gpu_run --help lists every flag).
 #
-#   bash bench/gpu.sh                       # from anywhere; runs in the repository root
+#   bash bench/gpu.sh                # on a CUDA machine: at most --budget-s (480 s), trimmed to fit;
+#                                    # results in bench/results/gpu-<gpu>-<date>/
+#   bash bench/gpu.sh --rehearse     # the same five steps on the CPU at small sizes (< 5 minutes);
+#                                    # results in bench/out/gpu-rehearsal/ (git-ignored)
+#   bash bench/gpu.sh --prepare      # only install what bench/out/gpu-carry/setup holds, print versions
 #
-# Environment (all optional):
-#   PYTHON       interpreter with torch+CUDA (default .venv/bin/python, else python3)
-#   CHECKPOINT   model file (default model/weights/catdog.safetensors, else random weights)
-#   IMAGES       JPEG directory (default ../shared/data/catdog/val or shared/data/catdog/val,
-#                else synthetic JPEGs)
-#   CONCURRENCY  levels for the HTTP runs (default 1,8,32,64)
-#   DURATION     measured seconds per level (default 10)
-#   BATCH_SIZES  in-process batch sizes (default 1,8,32,64)
-#   COMPILE      1 = also measure torch.compile and serve ours compiled (default 1)
-#   SERVERS      subset of ours,naive,litserve (default all three)
-# Sized for about 10 minutes on one H100 with the defaults; results go to bench/out/gpu/.
+# Exit codes: 0 passed; 1 correctness missed or a step failed (every number is still saved);
+# 2 refused before any work (no CUDA without --rehearse, missing packages).
+#
+# On a bare GPU machine: `python -m bench.gpu_carry` here packs bench/out/gpu-carry/setup (the
+# server's wheels the device image lacks, and wrk) and bench/out/gpu-carry/photos (500 val
+# photos); carry setup with `--prepare`, then photos with the run (64 MiB per call: see there).
+# Environment: PYTHON (default .venv/bin/python, else python3); ALEXNET_* settings reach every
+# server started (ALEXNET_DEVICE, _COMPILE, _GPU_DECODE, _WORKERS are set per run by the script).
+# wrk comes from PATH or the setup folder (apt-get install -y wrk); without it the project's
+# Python load generator runs instead, and the JSON says which one did.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,54 +25,36 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -z ${PYTHON:-} ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-OUT=bench/out/gpu
-CONCURRENCY=${CONCURRENCY:-1,8,32,64}
-DURATION=${DURATION:-10}
-BATCH_SIZES=${BATCH_SIZES:-1,8,32,64}
-COMPILE=${COMPILE:-1}
-SERVERS=${SERVERS:-ours,naive,litserve}
 
-"$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "bench/gpu.sh: CUDA is not available")'
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-export ALEXNET_DEVICE=cuda
-
-CHECKPOINT=${CHECKPOINT:-model/weights/catdog.safetensors}
-if [[ ! -f $CHECKPOINT ]]; then
-    CHECKPOINT=$OUT/random-catdog.safetensors
-    echo "no shipped checkpoint: benchmarking random weights ($CHECKPOINT)"
-    "$PYTHON" -c 'import sys; from pathlib import Path; from bench.common import random_checkpoint; random_checkpoint(Path(sys.argv[1]))' "$CHECKPOINT"
+setup=bench/out/gpu-carry/setup
+if [[ -x $setup/bin/wrk ]] && ! command -v wrk >/dev/null; then
+    # carried from another machine: use it only if it runs here (`wrk -v` exits 1 even then)
+    if LD_LIBRARY_PATH="$PWD/$setup/lib" "$setup/bin/wrk" -v 2>&1 | grep -q '^wrk '; then
+        export PATH="$PWD/$setup/bin:$PATH"
+        export LD_LIBRARY_PATH="$PWD/$setup/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    else
+        echo "note: the carried wrk does not run here" >&2
+    fi
+fi
+server_packages='import fastapi, fastapi_offline, uvicorn, httptools, multipart, pydantic_settings, platformdirs'
+if [[ -d $setup/wheels ]] && ! "$PYTHON" -c "$server_packages" 2>/dev/null; then
+    echo "installing the server's packages from $setup/wheels" >&2
+    "$PYTHON" -m pip install --quiet --no-index --no-deps "$setup"/wheels/*.whl
+fi
+if ! command -v wrk >/dev/null; then
+    echo "note: wrk is not installed (apt-get install -y wrk); the Python load generator will stand in" >&2
 fi
 
-if [[ -z ${IMAGES:-} ]]; then
-    IMAGES=$OUT/no-photos  # a missing directory makes the tools generate synthetic JPEGs
-    for candidate in ../shared/data/catdog/val shared/data/catdog/val; do
-        if [[ -d $candidate ]]; then IMAGES=$candidate; break; fi
-    done
+if [[ ${1:-} == --prepare ]]; then
+    "$PYTHON" -c "$server_packages"
+    "$PYTHON" -c 'from bench import gpu_facts; import torch
+print(gpu_facts.describe(gpu_facts.versions(torch.device("cuda" if torch.cuda.is_available() else "cpu"))))'
+    exit 0
 fi
 
-compile_flag=()
-if [[ $COMPILE == 1 ]]; then compile_flag=(--compile); fi
-
-phase() { echo; echo "### $* ($(date -u +%H:%M:%S))"; }
-
-phase "in-process, eager: fp32/bf16/fp16, channels-last on/off"
-"$PYTHON" -m bench.inprocess --device cuda --checkpoint "$CHECKPOINT" --images "$IMAGES" \
-    --batch-sizes "$BATCH_SIZES" --dtypes fp32,bf16,fp16 --pipeline-seconds 8 \
-    --out "$OUT/inprocess-cuda-eager.json"
-
-inprocess_json=$OUT/inprocess-cuda-eager.json
-if [[ $COMPILE == 1 ]]; then
-    phase "in-process, torch.compile (the auto dtype only, to bound compile time)"
-    auto_dtype=$("$PYTHON" -c 'import torch; from model.precision import auto_dtype; print({torch.bfloat16: "bf16", torch.float16: "fp16"}.get(auto_dtype(torch.device("cuda")), "fp32"))')
-    "$PYTHON" -m bench.inprocess --device cuda --checkpoint "$CHECKPOINT" --images "$IMAGES" \
-        --batch-sizes "$BATCH_SIZES" --dtypes "$auto_dtype" --no-stock-lrn "${compile_flag[@]}" \
-        --pipeline-seconds 8 --out "$OUT/inprocess-cuda-compiled.json"
-    inprocess_json=$OUT/inprocess-cuda-compiled.json
+images=()
+if [[ ! -d ../shared/data/catdog/val && -d bench/out/gpu-carry/photos ]]; then
+    images=(--images bench/out/gpu-carry/photos)
 fi
 
-phase "HTTP: ours (ALEXNET_COMPILE=$COMPILE) vs naive vs LitServe"
-"$PYTHON" -m bench.compare --device cuda --checkpoint "$CHECKPOINT" --images "$IMAGES" \
-    --concurrency "$CONCURRENCY" --duration "$DURATION" --servers "$SERVERS" \
-    --ours-env "ALEXNET_COMPILE=$COMPILE" --inprocess "$inprocess_json" --out "$OUT/compare-cuda.json"
-phase "done: results in $OUT"
+exec "$PYTHON" -m bench.gpu_run "${images[@]}" "$@"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 from PIL import Image
 
 from model import evaluate, train
-from model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from model.checkpoint import ModelMeta, load_checkpoint, load_training_state, save_checkpoint
 from model.network import CLASSIC, AlexNet
 
 
@@ -134,3 +136,63 @@ def test_help_shows_the_command_and_defaults() -> None:
     text = train.get_args_parser().format_help()
     assert text.startswith("usage: python -m model.train")
     assert "(default: 40)" in text and "(default: 0.01)" in text and "(default: None)" not in text
+
+
+# --- device choices (checked on the CPU; the CUDA run itself skips without CUDA) -----------
+
+CUDA = torch.device("cuda")  # a device object needs no GPU; nothing here touches one
+
+
+def test_loader_plan_keeps_the_cpu_recipe_and_feeds_a_gpu() -> None:
+    cpu = torch.device("cpu")
+    assert train.loader_plan(cpu, None, 16) == train.LoaderPlan(1, pin_memory=False, prefetch_factor=None)
+    assert train.loader_plan(cpu, 0, 16).workers == 0
+    assert train.loader_plan(CUDA, None, 16) == train.LoaderPlan(8, pin_memory=True, prefetch_factor=4)
+    assert train.loader_plan(CUDA, None, 4).workers == 3  # a core left for the training loop
+    assert train.loader_plan(CUDA, None, None).workers == 1
+    assert train.loader_plan(CUDA, 0, 16) == train.LoaderPlan(0, pin_memory=True, prefetch_factor=None)
+
+
+def test_amp_choice_and_loss_scaling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train.amp_dtype("auto", CUDA) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert train.amp_dtype("auto", CUDA) == torch.float16  # pre-Ampere GPUs
+    assert train.amp_dtype("off", CUDA) is None and train.amp_dtype("fp16", torch.device("cpu")) == torch.float16
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
+    assert train.amp_dtype("auto", torch.device("cpu")) is None
+    assert train.needs_grad_scaler(torch.float16, CUDA)
+    assert not train.needs_grad_scaler(torch.bfloat16, CUDA)
+    assert not train.needs_grad_scaler(None, CUDA)
+    assert not train.needs_grad_scaler(torch.float16, torch.device("cpu"))
+
+
+def _epoch(scaler: torch.amp.GradScaler | None) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    images = torch.randn(32, 3, 4, 4) * 50  # large inputs: gradients well over the clipping norm
+    loader = torch.utils.data.DataLoader(list(zip(images, torch.randint(0, 2, (32,)), strict=True)), batch_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train.train_one_epoch(
+        model, loader, optimizer, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"),
+        autocast=nullcontext, schedule=lambda step: 0.1, first_step=0, desc="test", scaler=scaler,
+    )  # fmt: skip
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_loss_scaling_clips_the_true_gradients() -> None:
+    """A power-of-two loss scale, unscaled before clipping, gives exactly the unscaled steps."""
+    plain = _epoch(None)
+    scaled = _epoch(torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    for name, tensor in plain.items():
+        assert torch.equal(scaled[name], tensor), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: trains on the GPU with fp16 and loss scaling")
+def test_trains_on_the_gpu_with_fp16_loss_scaling(data: Path, tmp_path: Path) -> None:
+    args = _args(data, tmp_path / "gpu", 2)
+    args[args.index("--amp") + 1] = "fp16"
+    summary = train.main(train.get_args_parser().parse_args([*args, "--device", "cuda"]))
+    assert summary["device"].startswith("cuda") and summary["amp"] == "torch.float16"
+    assert all(math.isfinite(h["train_loss"]) for h in summary["history"])
+    assert "scaler" in load_training_state(tmp_path / "gpu" / "state.pt")
