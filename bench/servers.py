@@ -24,13 +24,15 @@ from bench import common
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to start one server: its command (``{port}`` is filled in), extra env, readiness path."""
+    """How to start one server: its command (``{port}`` is filled in), extra env, readiness path,
+    and a line its log must hold too before it counts as ready (``ready_log``)."""
 
     name: str
     command: Sequence[str]
     ready_path: str = "/readyz"
     predict_path: str = "/predict"
     env: Mapping[str, str] = field(default_factory=dict)
+    ready_log: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,10 @@ class ServerExited(RuntimeError):
 def ours(checkpoint: Path, env: Mapping[str, str] | None = None) -> ServerSpec:
     """``alexnet-serve`` (as ``python -m app``); settings beyond the port come from ``ALEXNET_*``."""
     command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "{port}", "--checkpoint", str(checkpoint)]
-    return ServerSpec("ours", command, env=dict(env or {}))
+    env = dict(env or {})
+    # With several workers /readyz is 200 once the first is warm; measure only once all are.
+    workers = int((os.environ | env).get("ALEXNET_WORKERS", "1"))
+    return ServerSpec("ours", command, env=env, ready_log=f"all {workers} workers ready" if workers > 1 else None)
 
 
 def peer(
@@ -60,15 +65,17 @@ def peer(
     return ServerSpec(name, [*command, *extra], ready_path=ready_path)
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float, log: Path) -> None:
-    """Poll ``url`` until it answers 200; fail fast if the process exits."""
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, timeout: float, log: Path, ready_log: str | None = None
+) -> None:
+    """Poll ``url`` until it answers 200 (and ``log`` holds ``ready_log``); fail fast if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerExited(f"server exited with code {process.returncode}; log tail:\n{tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
+                if response.status == 200 and (ready_log is None or ready_log in log.read_text(errors="replace")):
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
@@ -120,7 +127,7 @@ def running(spec: ServerSpec, *, ready_timeout: float = 300.0, log_dir: Path | N
             start_new_session=True,
         )
     try:
-        wait_ready(process, base_url + spec.ready_path, ready_timeout, log)
+        wait_ready(process, base_url + spec.ready_path, ready_timeout, log, spec.ready_log)
         yield Running(spec.name, base_url, base_url + spec.predict_path, process.pid, time.monotonic() - started, log)
     finally:
         stop(process)

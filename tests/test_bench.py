@@ -455,3 +455,30 @@ def test_overhead_relates_its_costs_to_the_servers_cpu(tmp_path: Path, access_lo
     costs = result["us_per_request"]
     assert set(costs) == {"metrics", "log", "both"} and all(math.isfinite(c) and c >= 0 for c in costs.values())
     assert result["share_of_server_cpu"] == {1: costs["both"] / 50_000, 32: costs["both"] / 20_000}
+
+
+def test_ours_with_several_workers_is_ready_only_once_all_say_so(tmp_path: Path) -> None:
+    """/readyz turns 200 when the first worker is warm; a benchmark must also wait for the
+    supervisor's "all N workers ready" line, or it measures while the others still warm up."""
+    spec = servers.ours(tmp_path / "model.safetensors", {"ALEXNET_WORKERS": "2"})
+    assert spec.ready_log == "all 2 workers ready"
+    assert servers.ours(tmp_path / "model.safetensors", {"ALEXNET_WORKERS": "1"}).ready_log is None
+    (tmp_path / "readyz").write_text("ok")
+    port = free_port()
+    log = tmp_path / "server.log"
+    log.write_text("worker 0 ready\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/readyz"
+        servers.wait_ready(process, url, 30, log)  # up and answering 200
+        with pytest.raises(TimeoutError):
+            servers.wait_ready(process, url, 1, log, spec.ready_log)
+        log.write_text("worker 0 ready\nall 2 workers ready\n")
+        servers.wait_ready(process, url, 30, log, spec.ready_log)
+    finally:
+        process.terminate()
+        process.wait()
