@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,6 +96,17 @@ def make_image(seed: int = 0, size: tuple[int, int] = (320, 240), fmt: str = "JP
 @pytest.fixture
 def image_bytes() -> Callable[..., bytes]:
     return make_image
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of a server's output parsed as JSON (a line that is not JSON fails the test, naming it)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not a JSON line: {line!r}\n--- whole output:\n{text}")
+    return records
 
 
 def free_port() -> int:

@@ -5,7 +5,6 @@ Every test runs the real ``python -m app`` (``alexnet-serve``) as a process."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -23,7 +22,7 @@ import torch
 from model.checkpoint import ModelMeta, save_checkpoint
 from model.network import AlexNet
 from model.presets import Preprocessing
-from tests.conftest import REPO, RunningServer, free_port, make_image
+from tests.conftest import REPO, RunningServer, free_port, json_lines, make_image
 
 EXIT_BAD_SETTING = 2
 EXIT_NEVER_READY = 3
@@ -47,17 +46,6 @@ def start_app(start_server: Callable[..., RunningServer]) -> Callable[..., Runni
         return server
 
     return start
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    """Every line of ``text`` parsed as JSON (a line that is not JSON fails the test, naming it)."""
-    records = []
-    for line in text.splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            pytest.fail(f"not a JSON line: {line!r}\n--- whole output:\n{text}")
-    return records
 
 
 def errors(records: list[dict[str, Any]]) -> list[str]:

@@ -5,7 +5,6 @@ model: the smallest settings (batch size 2, eager) keep that to seconds."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.config import Settings
 from app.workers import worker_settings
 from tests import rawhttp
-from tests.conftest import RunningServer, free_port, make_image
+from tests.conftest import RunningServer, free_port, json_lines, make_image
 
 JPEG = {"Content-Type": "image/jpeg"}
 TWO_WORKERS = {
@@ -32,18 +30,6 @@ TWO_WORKERS = {
     "ALEXNET_COMPILE": "false",
     "ALEXNET_LOG_FORMAT": "json",
 }
-
-
-def records(output: str) -> list[dict[str, Any]]:
-    """Every line of the server's output as JSON: the parent's and every worker's (a line that is
-    not JSON fails the test, naming it)."""
-    parsed = []
-    for line in output.splitlines():
-        try:
-            parsed.append(json.loads(line))
-        except json.JSONDecodeError:
-            pytest.fail(f"not a JSON line: {line!r}\n--- whole output:\n{output}")
-    return parsed
 
 
 def start_two_workers(checkpoint: Path) -> tuple[RunningServer, Counter[int]]:
@@ -59,7 +45,7 @@ def start_two_workers(checkpoint: Path) -> tuple[RunningServer, Counter[int]]:
 
 def worker_pids(server: RunningServer) -> dict[int, int]:
     """Worker index → pid, from the parent's log."""
-    started = [r for r in records(server.output()) if r["logger"] == "app.workers" and r["message"].endswith(")")]
+    started = [r for r in json_lines(server.output()) if r["logger"] == "app.workers" and r["message"].endswith(")")]
     return {int(r["message"].split()[1]): r["pid"] for r in started if "started (pid" in r["message"]}
 
 
@@ -100,14 +86,14 @@ def test_both_workers_answer_and_every_scrape_counts_them_all(two_workers: Runni
                                                             headers=JPEG, timeout=60), range(8)))  # fmt: skip
         assert [answer.status_code for answer in answers] == [200] * 8
         sent += 8
-        access = [r for r in records(server.output()) if r["logger"] == "app.access" and r["route"] == "/predict"]
+        access = [r for r in json_lines(server.output()) if r["logger"] == "app.access" and r["route"] == "/predict"]
         return {record["worker"] for record in access} == {0, 1}
 
     rawhttp.wait_for(both_answered, timeout=120, what="both workers answering /predict")
 
     pids = worker_pids(server)
     assert sorted(pids) == [0, 1] and len(set(pids.values())) == 2 and server.process.pid not in pids.values()
-    (starting,) = [r for r in records(server.output()) if r["message"].startswith("starting 2 workers")]
+    (starting,) = [r for r in json_lines(server.output()) if r["message"].startswith("starting 2 workers")]
     assert starting["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2), "the cores shared out"
 
     model = "random-catdog"
@@ -154,7 +140,7 @@ def test_sigterm_under_load_answers_every_request_in_every_worker(two_workers: R
     assert statuses[None] == 0, f"requests without an answer: {statuses}"
     assert set(statuses) <= {200, 503} and statuses[200] > 0, statuses
     assert server.process.wait(timeout=60) == 0
-    output = records(server.output())
+    output = json_lines(server.output())
     assert {r.get("worker") for r in output if r["message"] == "Application shutdown complete."} == {0, 1}
     assert not [r for r in output if r["level"] in ("ERROR", "CRITICAL") or "exception" in r]
 
@@ -167,7 +153,7 @@ def test_a_worker_that_dies_stops_the_server_with_an_error(random_checkpoint: Pa
         assert server.process.wait(timeout=60) == 1
     finally:
         server.stop()
-    output = records(server.output())
+    output = json_lines(server.output())
     errors = [r["message"] for r in output if r["level"] == "ERROR"]
     assert errors == [f"worker 1 (pid {pid}) died while serving (signal SIGKILL); stopping the server"]
     assert [r.get("worker") for r in output if r["message"] == "Application shutdown complete."] == [0], (
@@ -188,7 +174,7 @@ def test_a_bad_checkpoint_with_two_workers_exits_3_with_one_message(tmp_path: Pa
     result = run_app({"ALEXNET_CHECKPOINT": str(bad)})
     assert result.returncode == 3, result.stderr
     assert result.stdout == "" and "Traceback" not in result.stderr
-    output = records(result.stderr)
+    output = json_lines(result.stderr)
     errors = [r["message"] for r in output if r["level"] == "ERROR"]
     assert len(errors) == 2 and errors[1] == "Application startup failed. Exiting.", errors
     assert errors[0].startswith(f"cannot load checkpoint '{bad}': truncated or corrupt file"), "said once"
