@@ -25,7 +25,7 @@ from app.startup import Startup, StartupFailure
 logger = logging.getLogger(__name__)
 
 
-async def _warm_up(registry: ModelRegistry, startup: Startup, url: str) -> None:
+async def _warm_up(registry: ModelRegistry, startup: Startup, metrics: Metrics, url: str) -> None:
     try:
         await registry.start()
     except StartupFailure as failure:
@@ -34,6 +34,7 @@ async def _warm_up(registry: ModelRegistry, startup: Startup, url: str) -> None:
     logger.info(
         "ready in %.1f s: %s", startup.elapsed(), url, extra={"fields": {"startup_s": round(startup.elapsed(), 1)}}
     )
+    metrics.publish_live()
     startup.ready()
 
 
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None, startup: Startup | None = None)
         app.state.registry = registry
         drain.attach(registry)
         metrics.track(registry)
-        warm_up = asyncio.create_task(_warm_up(registry, startup, f"http://{host}:{settings.port}"), name="warm-up")
+        url = f"http://{host}:{settings.port}"
+        warm_up = asyncio.create_task(_warm_up(registry, startup, metrics, url), name="warm-up")
         if startup.warm_before_listening:
             await warm_up
             if startup.failure is not None:

@@ -39,7 +39,7 @@ class Metrics:
 
     def __init__(self, max_batch_size: int) -> None:
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ  # set by app.workers for its workers
-        self._live: list[tuple[Gauge, Callable[[], float]]] = []  # multiprocess: written by _publish_live
+        self._live: list[tuple[Gauge, Callable[[], float]]] = []  # multiprocess: written by publish_live
         self.registry = CollectorRegistry()
         seconds, registry = SECONDS_BUCKETS, self.registry
         self.requests = Counter(
@@ -147,7 +147,7 @@ class Metrics:
             if service.device_memory_bytes() is not None:
                 self._live_gauge(self.device_memory.labels(info.device), lambda s=service: s.device_memory_bytes() or 0)
         if self._live:
-            threading.Thread(target=self._publish_live, name="metrics", daemon=True).start()
+            threading.Thread(target=self._keep_publishing, name="metrics", daemon=True).start()
 
     def _live_gauge(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """``gauge`` reads ``read()`` at every scrape; with several workers, it is written every LIVE_REFRESH_S."""
@@ -156,12 +156,14 @@ class Metrics:
         else:
             gauge.set_function(read)
 
-    def _publish_live(self) -> None:
+    def _keep_publishing(self) -> None:
         while True:
-            self._write_live()
+            self.publish_live()
             time.sleep(LIVE_REFRESH_S)
 
-    def _write_live(self) -> None:
+    def publish_live(self) -> None:
+        """Write the live gauges now (several workers; a no-op with one): at readiness, so that no
+        scrape after it can still read a worker's warming-up figures."""
         for gauge, read in self._live:
             gauge.set(read())
 
@@ -186,7 +188,7 @@ class Metrics:
         """The text exposition format of every metric (of every worker, with several)."""
         if not self.multiprocess:
             return generate_latest(self.registry)
-        self._write_live()
+        self.publish_live()
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         return generate_latest(registry)
