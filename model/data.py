@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from model.presets import Preprocessing, eval_tensor, open_image, resize_shorter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -40,8 +40,12 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def _train_tensor(path: Path, prep: Preprocessing) -> torch.Tensor:
+    """Shorter side brought down to ``resize_size``; smaller photos kept as they are (the random
+    resized crop scales them once, rather than twice)."""
     image = open_image(path, draft_size=prep.resize_size)
-    return TF.pil_to_tensor(resize_shorter(image, prep.resize_size))
+    if min(image.size) > prep.resize_size:
+        image = resize_shorter(image, prep.resize_size)
+    return TF.pil_to_tensor(image)
 
 
 def _eval_tensor(path: Path, prep: Preprocessing) -> torch.Tensor:
@@ -104,3 +108,28 @@ class CachedImages(Dataset[tuple[torch.Tensor, int]]):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+
+class MixSampler(Sampler[int]):
+    """Indices into a ``ConcatDataset`` of several sources, shuffled together: each epoch takes
+    ``fractions[i]`` of source ``i``, a fresh random draw (without replacement) every epoch.
+
+    Every draw comes from ``generator``, so seeding it per epoch makes an epoch's order repeatable
+    (a resumed run sees the batches an uninterrupted one would have)."""
+
+    def __init__(self, sizes: list[int], fractions: list[float], generator: torch.Generator) -> None:
+        if len(sizes) != len(fractions) or any(not 0.0 <= f <= 1.0 for f in fractions):
+            raise ValueError("one fraction in [0, 1] per source")
+        self.sizes, self.fractions, self.generator = sizes, fractions, generator
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def __len__(self) -> int:
+        return sum(round(size * f) for size, f in zip(self.sizes, self.fractions, strict=True))
+
+    def __iter__(self) -> Iterator[int]:
+        picked = [
+            offset + torch.randperm(size, generator=self.generator)[: round(size * f)]
+            for size, f, offset in zip(self.sizes, self.fractions, self.offsets, strict=True)
+        ]
+        indices = torch.cat(picked)
+        yield from indices[torch.randperm(len(indices), generator=self.generator)].tolist()

@@ -143,13 +143,14 @@ def main(args: argparse.Namespace) -> dict[str, object]:
         "val_accuracy_percent": measured,
         "top1_agreement_with_fp32_percent": agreement,
         "int8_report": reports[served].to_dict(),
+        "reports": {name: result.to_dict() for name, result in reports.items()},
         "int8_calibration": {key: value for key, value in meta.int8.items() if key != "layout"},
         "training": {key: value for key, value in full.meta.training.items() if not key.startswith(("val_", "top1_"))},
         "command": args.command,
         "hardware": f"{platform.machine()} {platform.processor()}".strip(),
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in card.items() if k not in ("int8_report", "training")}, indent=2))
+    print(json.dumps({k: v for k, v in card.items() if k not in ("int8_report", "reports", "training")}, indent=2))
     print(reports[served].table())
     return card
 

@@ -3,7 +3,8 @@ a JSON summary and a plot of the curves.
 
     python -m model.train --data ../shared/data/catdog --out runs/catdog
 
-``DATA/train`` is trained on, ``DATA/val`` selects the best epoch. ``OUT`` holds two model files:
+``DATA/train`` is trained on, with any ``--extra`` folders (each epoch draws ``--extra-fraction`` of
+each, afresh); ``DATA/val`` alone selects the best epoch. ``OUT`` holds two model files:
 ``model.safetensors``, the best epoch so far (the one to serve; its metadata carries the training
 summary once the run ends), and ``state.pt``, the last epoch with its optimiser state, from which
 re-running the same command resumes. Beside them: ``summary.json``, ``curves.png`` and ``cache/``.
@@ -25,12 +26,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from model import network
 from model.checkpoint import ModelMeta, load_training_state, save_checkpoint, save_training_state
-from model.data import CachedImages
+from model.data import CachedImages, MixSampler
 from model.evaluate import Report, confusion_matrix
 from model.precision import cpu_has_fast_bf16, resolve_device
 from model.presets import Normalize, Preprocessing, train_augment
@@ -59,6 +60,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="folder with train/ and val/ image folders")
     parser.add_argument(
         "--out", required=True, help="run folder: model.safetensors (best, to serve), state.pt (to resume), summary"
+    )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="more training photos in class folders (repeatable); never used for selection",
+    )
+    parser.add_argument(
+        "--extra-fraction",
+        type=float,
+        default=1.0,
+        help="share of each --extra folder drawn afresh every epoch (1: all of it, 0.5: a random half)",
     )
     parser.add_argument("--name", default="alexnet-catdog", help="model name stored in the checkpoint")
     parser.add_argument("--epochs", type=int, default=40, help="total epochs, counting those already run")
@@ -202,6 +216,21 @@ def plot_history(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def training_data(
+    args: argparse.Namespace, prep: Preprocessing, cache: str | Path
+) -> tuple[ConcatDataset, list[CachedImages]]:
+    """``DATA/train`` then each ``--extra`` folder, augmented alike; all must have the same classes."""
+    augment = train_augment(prep, min_scale=args.crop_scale)
+    roots = [Path(args.data) / "train", *map(Path, args.extra)]
+    sources = [
+        CachedImages(root, prep, split="train", cache_dir=cache, limit=args.limit, transform=augment) for root in roots
+    ]
+    for root, source in zip(roots[1:], sources[1:], strict=True):
+        if source.classes != sources[0].classes:
+            raise SystemExit(f"--extra {root}: classes {source.classes}, but {roots[0]} has {sources[0].classes}")
+    return ConcatDataset(sources), sources
+
+
 def initial_network(init: str | None, labels: tuple[str, ...]) -> network.AlexNet:
     """A freshly initialised classic AlexNet, or the one stored in ``init`` (which must match ``labels``)."""
     if init is None:
@@ -227,16 +256,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     prep = Preprocessing()
     cache = args.cache_dir or out / "cache"
-    train_set = CachedImages(
-        Path(args.data) / "train",
-        prep,
-        split="train",
-        cache_dir=cache,
-        limit=args.limit,
-        transform=train_augment(prep, min_scale=args.crop_scale),
-    )
+    train_set, sources = training_data(args, prep, cache)
     val_set = CachedImages(Path(args.data) / "val", prep, split="eval", cache_dir=cache, limit=args.limit)
-    labels = tuple(train_set.classes)
+    labels = tuple(sources[0].classes)
 
     net = initial_network(args.init, labels)
     model = nn.Sequential(Normalize(prep.mean, prep.std), net).to(device).to(memory_format=torch.channels_last)
@@ -265,7 +287,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     loader = DataLoader(
         train_set,
         batch_size=args.batch_size,
-        shuffle=True,
+        sampler=MixSampler([len(x) for x in sources], [1.0] + [args.extra_fraction] * len(args.extra), generator),
         drop_last=True,
         num_workers=feed.workers,
         persistent_workers=feed.workers > 0,
@@ -286,7 +308,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     print(
         f"device={device} amp={dtype} loss_scaling={scaler is not None} compile={args.compile} "
-        f"workers={feed.workers} pin_memory={feed.pin_memory} train={len(train_set)} val={len(val_set)} "
+        f"workers={feed.workers} pin_memory={feed.pin_memory} train={'+'.join(str(len(x)) for x in sources)} "
+        f"(per epoch {len(loader) * args.batch_size}) val={len(val_set)} "
         f"steps/epoch={steps_per_epoch} epochs={args.epochs}",
         flush=True,
     )
@@ -317,7 +340,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "train_loss": train_loss,
                 "val_accuracy": report.accuracy,
                 "seconds": seconds,
-                "images_per_second": len(train_set) / seconds,
+                "images_per_second": len(loader) * args.batch_size / seconds,
             }
         )
         if report.accuracy > best["val_accuracy"]:
@@ -341,7 +364,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         plot_history(history, out / "curves.png")
-    return finish(args, out, labels, prep, history, best, device, dtype, time.time() - started)
+    roots = [Path(args.data) / "train", *args.extra]
+    counts = {str(root): len(source) for root, source in zip(roots, sources, strict=True)}
+    return finish(args, out, labels, prep, history, best, device, dtype, time.time() - started, counts)
 
 
 def finish(
@@ -354,13 +379,14 @@ def finish(
     device: torch.device,
     dtype: torch.dtype | None,
     seconds: float,
+    train_images: dict[str, int],
 ) -> dict[str, Any]:
     """Rewrite the served checkpoint (the best epoch on val) with the run's training summary."""
     from model.checkpoint import load_checkpoint
 
     summary = {
         "data": str(Path(args.data).resolve()),
-        "train_images": None,
+        "train_images": train_images,
         "labels": list(labels),
         "best_epoch": best["epoch"],
         "best_val_accuracy": best["val_accuracy"],

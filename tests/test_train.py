@@ -196,3 +196,62 @@ def test_trains_on_the_gpu_with_fp16_loss_scaling(data: Path, tmp_path: Path) ->
     assert summary["device"].startswith("cuda") and summary["amp"] == "torch.float16"
     assert all(math.isfinite(h["train_loss"]) for h in summary["history"])
     assert "scaler" in load_training_state(tmp_path / "gpu" / "state.pt")
+
+
+def test_mix_sampler_draws_a_fresh_share_of_each_source_per_epoch() -> None:
+    from model.data import MixSampler
+
+    generator = torch.Generator()
+    sampler = MixSampler([6, 10], [1.0, 0.5], generator)
+    assert len(sampler) == 11
+
+    def epoch(seed: int) -> list[int]:
+        generator.manual_seed(seed)
+        return list(sampler)
+
+    first = epoch(0)
+    assert len(first) == len(set(first)) == 11
+    assert set(range(6)) <= set(first)  # all of the main folder
+    assert len([i for i in first if i >= 6]) == 5 and max(first) < 16  # half of the extra one
+    assert epoch(0) == first  # a seeded epoch repeats exactly (what a resume relies on)
+    assert {i for i in epoch(1) if i >= 6} != {i for i in first if i >= 6}
+    with pytest.raises(ValueError):
+        MixSampler([4], [1.5], generator)
+
+
+def test_extra_folder_trains_and_a_resume_repeats_the_curve(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = tmp_path / "extra"
+    _make_folder(extra, 16, seed=3)
+
+    def run(out: str) -> dict:
+        args = [*_args(data, tmp_path / out, 2), "--extra", str(extra), "--extra-fraction", "0.5"]
+        return train.main(train.get_args_parser().parse_args(args))
+
+    straight = run("straight")
+    assert straight["train_images"] == {str(data / "train"): 48, str(extra): 32}
+
+    save_state = train.save_training_state
+
+    def killed_after_first_epoch(*args: object) -> None:
+        save_state(*args)
+        raise KeyboardInterrupt  # the run dies right after epoch 1's state is written
+
+    monkeypatch.setattr(train, "save_training_state", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed")
+    monkeypatch.setattr(train, "save_training_state", save_state)
+    resumed = run("resumed")  # the same command again
+    assert len(resumed["history"]) == 2
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val_accuracy"] == a["val_accuracy"]
+
+
+def test_extra_folder_with_other_classes_is_refused(data: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    (extra / "green").mkdir(parents=True)
+    Image.new("RGB", (64, 64), "green").save(extra / "green" / "0.jpg")
+    with pytest.raises(SystemExit, match="classes"):
+        train.main(train.get_args_parser().parse_args([*_args(data, tmp_path / "x", 1), "--extra", str(extra)]))
