@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.protocol import REFUSAL, Refusal
+
 if TYPE_CHECKING:
     from app.metrics import Metrics
     from app.service import Timed
 
 logger = logging.getLogger("app.access")
 
-# Probes and scrapes arrive every few seconds: their lines are logged at DEBUG.
+# Probes and scrapes arrive every few seconds: their lines are logged at DEBUG (unless the protocol refused them).
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 UNMATCHED = "unmatched"
 
@@ -45,7 +47,8 @@ def access_record(scope: Scope) -> AccessRecord:
 
 
 class AccessMiddleware:
-    """Count, time and log every HTTP request, errors and early refusals included."""
+    """Count, time and log every HTTP request, errors and early refusals included; answer the
+    requests the HTTP protocol refused (``app.protocol.Refusal``) without running the app."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
@@ -73,9 +76,12 @@ class AccessMiddleware:
                 record.bytes_out += len(message.get("body", b""))
             await send(message)
 
+        refusal: Refusal | None = scope["state"].get(REFUSAL)  # the HTTP protocol refused it: answer that
+        if refusal is not None:
+            record.error = refusal.code
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, counting_receive, observing_send)
+            await (refusal or self.app)(scope, counting_receive, observing_send)
         except Exception:
             record.error = record.error or "internal_error"
             raise
@@ -122,5 +128,6 @@ def log_request(scope: Scope, route: str, status: int, seconds: float, record: A
         "bytes_in": record.bytes_in,
         "bytes_out": record.bytes_out,
     }
-    level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+    quiet = route in QUIET_ROUTES and REFUSAL not in scope["state"]
+    level = logging.DEBUG if quiet else logging.INFO
     logger.log(level, "%s %s %d", scope["method"], scope["path"], status, extra={"fields": fields})

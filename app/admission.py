@@ -58,6 +58,11 @@ class Admission:
             if not self.admitted:
                 self._idle.set()
 
+    @property
+    def full(self) -> bool:
+        """Whether a new one-image request would be refused now (``enter`` would raise)."""
+        return self.admitted > 0 and self.admitted + 1 > self.limit
+
     async def idle(self) -> None:
         """Return once no image is admitted (every admitted request has its answer)."""
         await self._idle.wait()

@@ -11,9 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
 from app.config import Settings
-from app.errors import ApiError
+from app.errors import ApiError, error_response
 
 _bearer = HTTPBearer(
     auto_error=False, description="`Authorization: Bearer <key>`; needed only when the server sets ALEXNET_API_KEYS."
@@ -42,6 +45,22 @@ class ApiKeys:
             matched |= hmac.compare_digest(candidate, key)
         return matched
 
+    def admits(self, headers: Headers) -> bool:
+        """Whether a request with ``headers`` may call a protected route: the API is open, or it
+        carries a key and every key it carries is accepted."""
+        given = presented_keys(headers)
+        return not self.required or (bool(given) and all(self.accepts(value) for value in given))
+
+
+def presented_keys(headers: Headers) -> list[str]:
+    """Every key a request carries: each ``X-API-Key`` header, and each ``Authorization`` header's
+    bearer token ("" for one that is not ``Bearer <key>``, refused like a wrong key)."""
+    bearers = []
+    for value in headers.getlist("authorization"):
+        scheme, _, token = value.strip().partition(" ")
+        bearers.append(token.strip() if scheme.lower() == "bearer" else "")
+    return headers.getlist("x-api-key") + bearers
+
 
 async def require_api_key(
     request: Request,
@@ -49,13 +68,14 @@ async def require_api_key(
     header: Annotated[str | None, Depends(_header)],
 ) -> None:
     """401 ``unauthorized`` unless the API is open, or the request carries a key and every key it carries
-    (``X-API-Key``, ``Authorization``) is accepted."""
+    (every ``X-API-Key`` and ``Authorization`` header, repeated ones too) is accepted.
+
+    ``bearer`` and ``header`` declare the schemes for the OpenAPI page; the keys are read from
+    every copy of the headers, since those dependencies see only the first."""
     keys: ApiKeys = request.app.state.api_keys
-    if not keys.required:
+    if keys.admits(request.headers):
         return
-    given = [header] if header is not None else []
-    if "authorization" in request.headers:  # anything but "Bearer <key>" there is refused like a wrong key
-        given.append(bearer.credentials if bearer else "")
+    given = presented_keys(request.headers)
     if not given:
         raise ApiError(
             401,
@@ -63,16 +83,28 @@ async def require_api_key(
             "this route needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             {"WWW-Authenticate": 'Bearer realm="alexnet-serving"'},
         )
-    if not all(keys.accepts(value) for value in given):  # a wrong key is refused even next to a right one
-        raise ApiError(
-            401,
-            "unauthorized",
-            "the API key is not valid",
-            {"WWW-Authenticate": 'Bearer realm="alexnet-serving", error="invalid_token"'},
-        )
+    raise ApiError(  # a wrong key is refused even next to a right one
+        401,
+        "unauthorized",
+        "the API key is not valid",
+        {"WWW-Authenticate": 'Bearer realm="alexnet-serving", error="invalid_token"'},
+    )
 
 
 API_KEY = Depends(require_api_key)
+
+
+class JsonCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight gets the JSON error every other refusal gets."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        kept = {
+            name: value for name, value in response.headers.items() if name not in ("content-length", "content-type")
+        }
+        return error_response(400, "cors_refused", bytes(response.body).decode(), kept)
 
 
 def cors_options(settings: Settings) -> dict[str, Any] | None:

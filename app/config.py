@@ -69,11 +69,11 @@ class Settings(BaseSettings):
         description="How long a batch waits for images still being decoded, never when none are; "
         "counted from when the model is free with CPU turns, else from the oldest image's arrival.",
     )
-    max_queue: int = Field(
-        128,
+    max_queue: int | None = Field(
+        None,
         ge=1,
         description="Images a model has taken on (uploading, decoding, waiting or in a batch) before new requests "
-        "get 429 at once.",
+        "get 429 at once. Unset: about 1 s of work, measured at warm-up (never less than one batch).",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Deadline from a request's arrival to its answer (upload, decoding, queue): 504."
@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         1000, ge=1, description="Open connections before new ones get 503 and are closed (keep under `ulimit -n`)."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request head (request line and headers, counted as they arrive); larger ones get 431 "
+        "and the connection is closed.",
     )
     max_request_pixels: int = Field(
         100_000_000,

@@ -13,11 +13,11 @@ from app.registry import ModelRegistry, UnknownModelError
 from app.service import ModelService
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
@@ -25,7 +25,7 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def get_model(
+async def get_model(
     request: Request,
     registry: RegistryDep,
     model: Annotated[str | None, Query(description="Which served model (default: the first configured).")] = None,

@@ -5,9 +5,12 @@ Routes and the batcher never import torch; they hand opaque tensors to this modu
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
+import shutil
+import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -65,6 +68,14 @@ def allow_recompiles(count: int = 64) -> None:
 
 
 @dataclass(frozen=True)
+class Degraded:
+    """Why a model runs slower than it was asked to, and what that costs, in plain words."""
+
+    reason: str  # disk_full, not_writable, no_compiler or compile_failed
+    message: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     labels: tuple[str, ...]
@@ -74,6 +85,51 @@ class ModelInfo:
     dtype: str
     compiled: bool
     arch: str
+    degraded: Degraded | None = None
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def why_compile_failed(exc: BaseException, cache_dir: Path) -> tuple[str, str]:
+    """(reason, plain words) for a failed torch.compile: an ``OSError`` in the exception's chain,
+    else a write test of the folders it writes to (a compiler that failed for want of space reports
+    only its own output), else a C++ compiler looked for on the ``PATH``."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    for error in chain:
+        if isinstance(error, OSError) and (found := _disk_problem(error, Path(error.filename or cache_dir))):
+            return found
+    for folder in (cache_dir, Path(tempfile.gettempdir())):
+        if found := _write_test(folder):
+            return found
+    if not any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        return "no_compiler", "no C++ compiler was found (install g++, or set CXX)"
+    summary = next((line for line in str(chain[0]).splitlines() if line.strip()), "")
+    return "compile_failed", f"{type(chain[0]).__name__}: {summary}"
+
+
+def _disk_problem(error: OSError, where: Path) -> tuple[str, str] | None:
+    if error.errno in _FULL:
+        return "disk_full", f"the disk of {where} is full ({errno.errorcode[error.errno]})"
+    if error.errno in _DENIED:
+        return "not_writable", f"{where} cannot be written ({errno.errorcode[error.errno]})"
+    return None
+
+
+def _write_test(folder: Path) -> tuple[str, str] | None:
+    """Write 1 MiB into ``folder``, about what one compiled kernel takes; the problem if that fails."""
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(1 << 20))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return _disk_problem(exc, folder)
+    return None
 
 
 class Engine:
@@ -94,17 +150,14 @@ class Engine:
             time.monotonic() - started,
         )
         self.device = resolve_device(settings.device)
+        self.settings = settings
         self.prep = checkpoint.meta.preprocessing
         self.max_image_pixels = settings.max_image_pixels
         self.buckets = batch_buckets(settings.max_batch_size)
         self.compiled = settings.compile if settings.compile is not None else self.device.type == "cpu"
+        self._degraded: tuple[str, str] | None = None  # (reason, cause) when compiling was asked for and is off
         if self.compiled and (problem := use_compile_cache(settings.cache_dir)):
-            logger.warning(
-                "serving %s without torch.compile: its cache folder cannot be written (%s); "
-                "set ALEXNET_CACHE_DIR to a writable folder",
-                meta.name,
-                problem,
-            )
+            self._degraded = ("not_writable", f"its cache folder cannot be written ({problem})")
             self.compiled = False
         # auto picks int8 on VNNI/AMX CPUs for a calibrated checkpoint, compiled (eager int8 only simulates it)
         int8_ready = self.compiled and is_calibrated(checkpoint)
@@ -161,7 +214,7 @@ class Engine:
         that only had its header read, to be decoded with its batch; raises
         ``model.presets.ImageError`` subclasses."""
         with self._turn(exclusive=False):
-            if self.decodes_on_device and (jpeg := jpeg_header(data, self.max_image_pixels)) is not None:
+            if self.decodes_on_device and (jpeg := jpeg_header(data, self.max_image_pixels, self.prep)) is not None:
                 return jpeg
             return self._decode_on_cpu(data)
 
@@ -214,9 +267,28 @@ class Engine:
                 self.run_tensors(batch)
         if self.decodes_on_device:
             self._warm_up_decode()
+        if self._degraded is not None:
+            self._report_degraded(*self._degraded)
         seconds = time.monotonic() - started
         logger.info("warmed up batch sizes %s in %.1f s", self.buckets, seconds)
         return seconds
+
+    def _report_degraded(self, reason: str, cause: str) -> None:
+        """Measure what serving uncompiled gives (one batch of the largest size), log it with the
+        cause and the cure, and put it in ``info.degraded`` (``/models``, ``alexnet_model_degraded``)."""
+        size = self.buckets[-1]
+        batch = torch.zeros(size, 3, self.prep.input_size, self.prep.input_size, dtype=torch.uint8)
+        started = time.monotonic()
+        self.run_tensors(batch)
+        rate = size / (time.monotonic() - started)
+        message = (
+            f"torch.compile is off because {cause}: serving eager {self.info.dtype} at {rate:.1f} images/s "
+            f"in batches of {size}, several times slower than compiled (about 10x for int8 on the CPU); "
+            f"make ALEXNET_CACHE_DIR ({self.settings.cache_dir}) a writable folder with free space "
+            "and a C++ compiler available, then restart"
+        )
+        logger.warning("model %s is degraded: %s", self.info.name, message)
+        self.info = replace(self.info, degraded=Degraded(reason, message))
 
     def _warm_up_decode(self) -> None:
         """Decode a colour and a greyscale JPEG on the device (the decoder's first call sets it up)
@@ -237,18 +309,21 @@ class Engine:
             self.run([sample])
 
     def _give_up_compiling(self, exc: Exception) -> None:
-        summary = next((line for line in str(exc).splitlines() if line.strip()), "")
-        logger.warning(
-            "torch.compile failed for %s (%s: %s); serving it without compiling",
-            self.info.name,
-            type(exc).__name__,
-            summary,
-        )
+        """Serve eager after a failed compile, in the fastest eager precision: int8 runs eager only
+        as a simulation (quantise/dequantise around fp32 ops), slower than fp32, so it gives way
+        to what ``auto`` picks for an uncompiled model."""
+        reason, cause = why_compile_failed(exc, self.settings.cache_dir)
+        logger.warning("torch.compile failed for %s: %s; serving it without compiling", self.info.name, cause)
         logger.debug("torch.compile failure in full", exc_info=exc)
+        self._degraded = (reason, f"compiling failed: {cause}")
+        if self.dtype == torch.int8:
+            self.dtype = parse_dtype("auto", self.device, int8_ready=False)
+            checkpoint = load_checkpoint(self.settings.checkpoint, labels=self.settings.label_list)
+            self._eager = inference_module(checkpoint, self.device, self.dtype)
         self._module = self._eager
         self._pad_to_bucket = False
         self.compiled = False
-        self.info = replace(self.info, compiled=False)
+        self.info = replace(self.info, compiled=False, dtype=str(self.dtype).removeprefix("torch."))
 
     def run(self, items: list[Any]) -> list[list[float] | ImageError]:
         """A batch of items from ``preprocess`` or ``app.arrays`` (CHW tensors on the 0–255 scale:

@@ -109,7 +109,7 @@ async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     # Starlette answers a 500 from outside every middleware, so the request id is added here.
-    request_id = request.scope.get("state", {}).get("request_id")
+    request_id = request.scope.get("state", {}).get("request_id_header")
     headers = {"X-Request-ID": request_id} if request_id else None
     return _respond(request, 500, "internal_error", "internal server error", headers)
 

@@ -9,16 +9,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from starlette.middleware.cors import CORSMiddleware
 
 from app import routes, ui, v2_routes
 from app.access import AccessMiddleware
-from app.auth import ApiKeys, cors_options
+from app.auth import ApiKeys, JsonCorsMiddleware, cors_options
 from app.config import Settings
 from app.drain import Drain
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, CloseWhenDrainingMiddleware, RequestIdMiddleware
+from app.middleware import (
+    BodyLimitMiddleware,
+    CloseWhenDrainingMiddleware,
+    EarlyOverloadMiddleware,
+    RequestIdMiddleware,
+)
 from app.registry import ModelRegistry
 from app.startup import Startup, StartupFailure
 
@@ -70,17 +74,19 @@ def create_app(settings: Settings | None = None, startup: Startup | None = None)
         await registry.stop()
 
     # /docs and /redoc with Swagger UI's and ReDoc's files served by the app itself: no CDN.
-    app = FastAPIOffline(title="AlexNet serving", version="0.1.0", lifespan=lifespan)
+    # No trailing-slash redirects: they would answer before the key check, with a Location from Host.
+    app = FastAPIOffline(title="AlexNet serving", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.metrics = metrics
     app.state.api_keys = ApiKeys(settings.api_key_list)
     app.state.drain = drain = Drain()  # the server starts it on SIGTERM (app.server)
     app.state.startup = startup
     install_error_handlers(app)
+    app.add_middleware(EarlyOverloadMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, read_timeout_s=settings.read_timeout_s)
     app.add_middleware(CloseWhenDrainingMiddleware, drain=drain)
     app.add_middleware(RequestIdMiddleware)
     if cors := cors_options(settings):
-        app.add_middleware(CORSMiddleware, **cors)
+        app.add_middleware(JsonCorsMiddleware, **cors)
     known_routes = [*routes.router.routes, *v2_routes.router.routes, *ui.router.routes]
     app.add_middleware(AccessMiddleware, metrics=metrics, routes=known_routes)
     app.include_router(routes.router)

@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from app.engine import batch_buckets
 
 if TYPE_CHECKING:
+    from app.engine import ModelInfo
     from app.registry import ModelRegistry
     from app.service import Timed
 
@@ -126,6 +127,16 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.degraded = Gauge(
+            "alexnet_model_degraded",
+            "1 while the model runs slower than it was asked to, by reason (disk_full, not_writable, no_compiler, "
+            "compile_failed: torch.compile is off); /models says why in words and what it costs.",
+            ["model", "reason"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._models: ModelRegistry | None = None
+        self._described: dict[str, tuple[str, ...]] = {}  # model → its alexnet_model_info labels
         self.device_memory = Gauge(
             "alexnet_cuda_memory_allocated_bytes",
             "CUDA memory held by tensors (only for models on CUDA).",
@@ -136,9 +147,10 @@ class Metrics:
 
     def track(self, models: ModelRegistry) -> None:
         """Publish each model's description and read its live figures at every scrape."""
+        self._models = models
         for service in models:
             info, name, batcher = service.info, service.info.name, service.batcher
-            self.model_info.labels(name, info.arch, info.device, info.dtype, str(len(info.labels))).set(1)
+            self._describe(info)
             self._live_gauge(self.queue_depth.labels(name), lambda b=batcher: b.queue_depth)
             self._live_gauge(self.admitted.labels(name), lambda s=service: s.admission.admitted)
             self._live_gauge(self.preparing.labels(name), lambda s=service: s.preparing)
@@ -162,10 +174,24 @@ class Metrics:
             time.sleep(LIVE_REFRESH_S)
 
     def publish_live(self) -> None:
-        """Write the live gauges now (several workers; a no-op with one): at readiness, so that no
-        scrape after it can still read a worker's warming-up figures."""
+        """Write the live gauges now (several workers) and each model's description as warm-up left
+        it (it may have given up compiling): at readiness, so that no scrape after it can still read
+        a worker's warming-up figures."""
+        for service in self._models or ():
+            self._describe(service.info)
         for gauge, read in self._live:
             gauge.set(read())
+
+    def _describe(self, info: ModelInfo) -> None:
+        """``alexnet_model_info`` for the model as it runs now, and ``alexnet_model_degraded`` when it is."""
+        labels = (info.name, info.arch, info.device, info.dtype, str(len(info.labels)))
+        if (old := self._described.get(info.name)) not in (None, labels):
+            self.model_info.labels(*old).set(0)  # several workers: a removed sample stays in its file, as 0
+            self.model_info.remove(*old)
+        self.model_info.labels(*labels).set(1)
+        self._described[info.name] = labels
+        if info.degraded is not None:
+            self.degraded.labels(info.name, info.degraded.reason).set(1)
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         """One batch the model ran (the batcher's hook)."""

@@ -1,18 +1,23 @@
-"""Pure ASGI middleware: request ids, the upload's size and time limits, closing connections while draining."""
+"""Pure ASGI middleware: request ids, early 429s, the upload's size and time limits, closing while draining."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from urllib.parse import parse_qs
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access import access_record
 from app.drain import Drain
 from app.errors import BodyTimeoutError, BodyTooLargeError, error_response
+from app.registry import ModelRegistry, UnknownModelError
+from app.service import ModelService
 
 REQUEST_ID_HEADER = "x-request-id"
+_V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 
 
 class RequestIdMiddleware:
@@ -26,15 +31,60 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode())
-        request_id = incoming.decode("latin-1")[:128] if incoming else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        raw = incoming[:128] if incoming else uuid.uuid4().hex.encode()
+        state = scope.setdefault("state", {})
+        state["request_id"] = raw.decode("utf-8", "replace")  # for logs: UTF-8 reads as what was meant
+        # For headers: starlette encodes values as latin-1, so this str goes back out as the very bytes that came.
+        state["request_id_header"] = echoed = raw.decode("latin-1")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = echoed
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class EarlyOverloadMiddleware:
+    """Refuse a model request with 429 from its head alone while its model is full: no dependency,
+    no thread hop, no body read (the connection stays open; the body is dropped as it arrives).
+    A request the route would refuse otherwise (no valid key, an unknown or unready model) goes
+    on to get that answer; one admitted here is admitted for good by the route (``app.pipeline``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = _model_of(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if service is None or not service.admission.full:
+            await self.app(scope, receive, send)
+            return
+        record = access_record(scope)
+        record.model, record.error = service.info.name, "overloaded"
+        message = f"{service.admission.admitted} images are already being served (limit {service.admission.limit})"
+        response = error_response(
+            429, "overloaded", f"{message}; retry shortly", {"Retry-After": "1"}, path=scope["path"]
+        )
+        await response(scope, receive, send)
+
+
+def _model_of(scope: Scope) -> ModelService | None:
+    """The ready model a POST to ``/predict`` or ``/v2/models/{name}/.../infer`` with valid keys is for."""
+    state = scope["app"].state
+    registry: ModelRegistry | None = getattr(state, "registry", None)
+    if registry is None or not state.api_keys.admits(Headers(scope=scope)):
+        return None
+    if scope["path"] == "/predict":
+        name = parse_qs(scope["query_string"].decode("latin-1")).get("model", [None])[0]
+    elif match := _V2_INFER.fullmatch(scope["path"]):
+        name = match.group(1)
+    else:
+        return None
+    try:
+        service = registry.get(name)
+    except UnknownModelError:
+        return None
+    return service if service.ready else None
 
 
 class CloseWhenDrainingMiddleware:

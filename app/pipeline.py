@@ -24,6 +24,7 @@ from app.admission import OverloadedError, Ticket
 from app.arrays import ArrayError
 from app.batcher import NotAcceptingError, QueueFullError, QueueTimeoutError
 from app.errors import ApiError
+from app.memory import HEAP
 from app.service import ModelService, Timed
 from model.presets import ImageError, ImageTooLargeError, UnsupportedFormatError
 
@@ -57,7 +58,17 @@ async def classify_images(
     Several images take at most ``preprocess_threads`` decode threads at a time, so other
     requests' images are decoded between theirs, and the pixels they decode are bounded by
     ``max_request_pixels``. Failures name the image as ``"<what> i of n"`` when there are several.
+    The heap they used is given back once requests pause (``app.memory``).
     """
+    try:
+        return await _classify_images(service, images, ticket, receive, what)
+    finally:
+        HEAP.note(sum(len(data) for data in images))
+
+
+async def _classify_images(
+    service: ModelService, images: list[bytes], ticket: Ticket, receive: Receive, what: str
+) -> list[Timed]:
     count = len(images)
     ticket.cover(count)
     async with _guard(ticket, receive) as deadline:

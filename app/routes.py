@@ -14,6 +14,7 @@ from app.deps import MetricsDep, ModelDep, RegistryDep
 from app.pipeline import admitted, classify_images, require_ready, timing_headers
 from app.schemas import (
     BatchingInfo,
+    DegradedInfo,
     ErrorResponse,
     ModelDescription,
     ModelsResponse,
@@ -126,7 +127,7 @@ def _describe(service: ModelService) -> ModelDescription:
     batching = BatchingInfo(
         max_batch_size=settings.max_batch_size,
         max_delay_ms=settings.max_delay_ms,
-        max_queue=settings.max_queue,
+        max_queue=service.admission.limit,
         request_timeout_s=settings.request_timeout_s,
         buckets=service.engine.buckets,
     )
@@ -142,4 +143,5 @@ def _describe(service: ModelService) -> ModelDescription:
         compiled=info.compiled,
         ready=service.ready,
         batching=batching,
+        degraded=DegradedInfo(reason=info.degraded.reason, message=info.degraded.message) if info.degraded else None,
     )

@@ -43,6 +43,13 @@ class BatchingInfo(BaseModel):
     buckets: list[int]
 
 
+class DegradedInfo(BaseModel):
+    """Why the model runs slower than it was asked to (e.g. torch.compile failed) and what it costs."""
+
+    reason: str = Field(examples=["disk_full"], description="disk_full, not_writable, no_compiler or compile_failed")
+    message: str
+
+
 class ModelDescription(BaseModel):
     name: str
     arch: str
@@ -55,6 +62,7 @@ class ModelDescription(BaseModel):
     compiled: bool
     ready: bool
     batching: BatchingInfo
+    degraded: DegradedInfo | None = None
 
 
 class ModelsResponse(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 
 from app.admission import Admission
 from app.arrays import pixel_items, tensor_items
@@ -22,6 +24,26 @@ from app.startup import StartupFailure
 from model.presets import ImageError
 
 logger = logging.getLogger(__name__)
+
+# An unset ALEXNET_MAX_QUEUE admits about this much work (seconds) per model.
+QUEUE_TARGET_S = 1.0
+
+
+def sample_photo() -> bytes:
+    """A JPEG the size of a typical phone-resized photo (500x375), for timing a decode."""
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").resize((500, 375)).convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _best_of(times: int, work: Callable[[], object]) -> float:
+    """The shortest of ``times`` runs of ``work`` (seconds): the least disturbed by other work."""
+    timings = []
+    for _ in range(times):
+        started = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
 
 
 @dataclass(frozen=True)
@@ -59,13 +81,13 @@ class ModelService:
             self._model_thread,
             max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_delay_ms / 1000,
-            max_queue=settings.max_queue,
+            max_queue=settings.max_queue or settings.max_batch_size,  # sized at warm-up when unset
             timeout_s=settings.request_timeout_s,
             on_batch=(lambda size, seconds: on_batch(self.info.name, size, seconds)) if on_batch else None,
             coming=lambda: self._preparing,
             window_opens_when_free=self.engine.takes_turns,
         )
-        self.admission = Admission(settings.max_queue, settings.request_timeout_s)
+        self.admission = Admission(self.batcher.max_queue, settings.request_timeout_s)
         self._preparing = 0  # images being decoded or split, about to reach the batcher
         self.warm = False
         self.draining = False
@@ -91,11 +113,41 @@ class ModelService:
             logger.debug("warm-up of %s failed", self.info.name, exc_info=True)
             raise StartupFailure(f"warm-up of model {self.info.name!r} failed: {type(exc).__name__}: {exc}") from exc
         self.info = replace(self.engine.info, name=self.info.name)  # warm-up may have given up compiling
+        if self.settings.max_queue is None:
+            await self._size_queue()
         self.batcher.start()
         self.warm = True
         logger.info(
             "model %s ready on %s (%s) after %.1f s warm-up", self.info.name, self.info.device, self.info.dtype, seconds
         )
+
+    async def _size_queue(self) -> None:
+        """Set the admission limit to about ``QUEUE_TARGET_S`` of work, timed on this machine: a full
+        batch on the model's thread and a typical photo's decode on a decode thread."""
+        loop = asyncio.get_running_loop()
+        batch_s = await loop.run_in_executor(self._model_thread, self._time_full_batch)
+        photo = sample_photo()
+        decode_s = await loop.run_in_executor(self._decode_pool, _best_of, 3, lambda: self.engine.preprocess(photo))
+        size = self.settings.max_batch_size
+        per_image = batch_s / size + decode_s / self.settings.preprocess_threads
+        limit = max(size, round(QUEUE_TARGET_S / per_image))
+        self.admission.limit = self.batcher.max_queue = limit
+        logger.info(
+            "max_queue for %s: %d images, about %.1f s of work (batch of %d: %.0f ms, decode: %.1f ms an image); "
+            "set ALEXNET_MAX_QUEUE to choose",
+            self.info.name,
+            limit,
+            limit * per_image,
+            size,
+            1000 * batch_s,
+            1000 * decode_s,
+            extra={"fields": {"max_queue": limit}},
+        )
+
+    def _time_full_batch(self) -> float:
+        size, side = self.settings.max_batch_size, self.info.input_size
+        batch = torch.zeros(size, 3, side, side, dtype=torch.uint8)
+        return _best_of(2, lambda: self.engine.run_tensors(batch))
 
     async def stop(self) -> None:
         """Refuse new work, answer everything queued, release the threads."""

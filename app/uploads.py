@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -36,7 +38,7 @@ async def read_images(request: Request, *, max_files: int) -> list[bytes]:
             raise ApiError(
                 415, "unsupported_media_type", f"{content_type} is not accepted; send JPEG, PNG, WebP, BMP, GIF or TIFF"
             )
-        body = await request.body()
+        body = await _read_body(request)
         if not body:
             raise ApiError(400, "no_image", "the request body is empty")
         return [body]
@@ -45,6 +47,15 @@ async def read_images(request: Request, *, max_files: int) -> list[bytes]:
     raise ApiError(
         415, "unsupported_media_type", f"{content_type} is not accepted; send multipart/form-data or an image/* body"
     )
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, held once: ``request.body()`` keeps its chunks until it has joined them, two
+    copies of each upload at its peak. ``BytesIO.getvalue()`` hands over its own buffer, uncopied."""
+    buffer = io.BytesIO()
+    async for chunk in request.stream():
+        buffer.write(chunk)
+    return buffer.getvalue()
 
 
 async def _read_multipart(request: Request, max_files: int) -> list[bytes]:

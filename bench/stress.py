@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -44,7 +45,7 @@ import httpx
 from bench import client, common, servers
 from bench.loadgen import percentile
 
-SCENARIOS = ("capacity", "overload", "abort", "slowloris", "sigterm", "soak")
+SCENARIOS = ("capacity", "overload", "abort", "slowloris", "sigterm", "soak", "hostile", "head", "overload5x")
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,8 @@ def overload(
         sent=len(outcomes),
         excess_refused_429_share=round(refused / excess, 3),
         server_counted=served,
+        p99_refused_ms=round(percentile([1000 * (o.done - o.sent) for o in outcomes if o.status == 429] or [0], 99)),
+        answered_vs_capacity=round(sum(1 for o in outcomes if o.status == 200) / elapsed / capacity_img_s, 3),
     )
 
 
@@ -427,6 +430,141 @@ def soak(checkpoint: Path, env: dict[str, str], requests: list[bytes], seconds: 
     )
 
 
+def hostile_corpus() -> dict[str, bytes]:
+    """Images that cost far more to decode or resize than their bytes: strips and huge canvases."""
+    from PIL import Image
+
+    def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    def animation(fmt: str, side: int) -> bytes:
+        frames = [Image.new("RGBA", (side, side), (shade, 0, 0, 255)) for shade in (0, 40)]
+        extra = {"lossless": True} if fmt == "WEBP" else {}
+        return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **extra)
+
+    strips = {
+        f"{w}x{h}": encode(Image.new("L", (w, h), 128), "PNG") for w, h in ((65_500, 1), (1, 65_500), (30_000, 2))
+    }
+    return strips | {"gif-canvas-16000": animation("GIF", 16_000), "webp-canvas-6300": animation("WEBP", 6300)}
+
+
+def hostile_images(checkpoint: Path, env: dict[str, str], total: int) -> Report:
+    """``total`` hostile images, one at a time, case by case: each answer's status and time, the
+    server's peak RSS growth per case (VmHWM, reset before each) and its RSS after them all against its start."""
+    corpus = hostile_corpus()
+    outcomes: list[Outcome] = []
+    cases: dict[str, dict[str, Any]] = {}
+    with server(checkpoint, env) as running, httpx.Client(timeout=60) as http:
+        start = _status_mb(running.pid)
+        peak = start["VmRSS"]
+        for name, body in corpus.items():
+            Path(f"/proc/{running.pid}/clear_refs").write_text("5")  # VmHWM restarts from VmRSS: this case's peak
+            before = _status_mb(running.pid)
+            seconds: list[float] = []
+            for _ in range(total // len(corpus)):
+                sent = time.perf_counter()
+                status = http.post(running.predict_url, content=body, headers={"Content-Type": "image/png"}).status_code
+                outcomes.append(Outcome(sent, time.perf_counter(), status))
+                seconds.append(outcomes[-1].done - sent)
+            after = _status_mb(running.pid)
+            peak = max(peak, after["VmHWM"])
+            cases[name] = {
+                "bytes": len(body),
+                "statuses": sorted({o.status for o in outcomes[-len(seconds) :]}),
+                "max_s": round(max(seconds), 3),
+                "peak_growth_mb": round(after["VmHWM"] - before["VmRSS"], 1),
+            }
+        time.sleep(2)  # the heap is trimmed once requests pause
+        end = _status_mb(running.pid)
+    rss = [start["VmRSS"], peak, end["VmRSS"]]
+    growth = round((end["VmRSS"] - start["VmRSS"]) / start["VmRSS"], 4)
+    return summarize("hostile", outcomes, sum(o.done - o.sent for o in outcomes), rss, cases=cases, rss_growth=growth)
+
+
+def _status_mb(pid: int) -> dict[str, float]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmHWM", "VmRSS")}
+
+
+async def _huge_head(host: str, port: int, size: int) -> tuple[int | None, int]:
+    """Send a ``size``-byte header while reading; (status, bytes sent when the answer came)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    sent, status = 0, None
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    answer = asyncio.create_task(reader.readline())
+    chunk = b"a" * 65536
+    with contextlib.suppress(OSError):
+        while sent < size and not answer.done():
+            writer.write(chunk)
+            await writer.drain()
+            sent += len(chunk)
+    with contextlib.suppress(OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+        status = int((await asyncio.wait_for(answer, 30)).split()[1])
+    writer.close()
+    return status, sent
+
+
+def head_attack(checkpoint: Path, env: dict[str, str], connections: int = 4, size: int = 60 * 2**20) -> Report:
+    """``connections`` clients sending ``size``-byte heads at once, while a client polls /healthz."""
+    with server(checkpoint, env) as running:
+        rss = RssSampler(running.pid)
+        target = client.Target.parse(running.predict_url)
+
+        async def main() -> tuple[list[tuple[int | None, int]], list[float]]:
+            sampler = asyncio.create_task(rss.run(0.1))
+            attacks = asyncio.gather(*(_huge_head(target.host, target.port, size) for _ in range(connections)))
+            health: list[float] = []
+            async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as probe:
+                while not attacks.done() or len(health) < 20:
+                    started = time.perf_counter()
+                    await probe.get("/healthz")
+                    health.append(1000 * (time.perf_counter() - started))
+            sampler.cancel()
+            rss.sample()
+            return await attacks, health
+
+        started = time.perf_counter()
+        results, health = asyncio.run(main())
+        elapsed = time.perf_counter() - started
+    summary = rss_summary(rss.samples)
+    return Report(
+        scenario="head",
+        seconds=round(elapsed, 1),
+        statuses=dict(Counter(str(status) for status, _ in results)),
+        lost=sum(1 for status, _ in results if status is None),
+        p99_admitted_ms=None,
+        rss_mb=summary,
+        extra={
+            "head_mb": size / 2**20,
+            "sent_before_answer_kb": [round(sent / 1024) for _, sent in results],
+            "healthz_p99_ms": round(percentile(health, 99), 1),
+            "rss_growth_mb": round(summary["peak"] - summary["start"], 1),
+        },
+    )
+
+
+def overload_open_loop(
+    checkpoint: Path, env: dict[str, str], requests: list[bytes], capacity_img_s: float, workers: int, seconds: float
+) -> Report:
+    """5x ``capacity_img_s`` open loop for ``seconds`` on ``workers`` workers, default queue: lost, share of
+    the excess refused, 429 p99, 200 p99, answered throughput against capacity."""
+    env = env | {"ALEXNET_WORKERS": str(workers)}
+    report = overload(checkpoint, env, requests, seconds, 5 * capacity_img_s, capacity_img_s)
+    report.scenario = f"overload5x-w{workers}"
+    return report
+
+
+def _overload_5x(
+    checkpoint: Path, env: dict[str, str], requests: list[bytes], capacity_img_s: float, seconds: float
+) -> Report:
+    """The 5x open loop with 1 worker, then with one per core (the first report is printed here)."""
+    single = overload_open_loop(checkpoint, env, requests, capacity_img_s, 1, seconds)
+    print(format_table([single]), flush=True)
+    return overload_open_loop(checkpoint, env, requests, capacity_img_s, os.cpu_count() or 1, seconds)
+
+
 def format_table(reports: Sequence[Report]) -> str:
     lines = [
         f"{'scenario':<10} {'secs':>6} {'lost':>5} {'p99 ok ms':>10} {'RSS MB start/peak/end':>22}  answers by status",
@@ -455,6 +593,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slow-read-timeout", type=float, default=5.0, help="ALEXNET_READ_TIMEOUT_S for slowloris")
     parser.add_argument("--sigterm-trials", type=int, default=10)
     parser.add_argument("--soak-seconds", type=float, default=600.0)
+    parser.add_argument("--hostile-requests", type=int, default=1000, help="thin/tall strips and huge canvases")
     parser.add_argument("--out", type=Path, help="JSON path (default: bench/out/stress-<time>.json)")
     return parser
 
@@ -471,7 +610,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"stress: {described}; checkpoint {checkpoint}; scenarios {', '.join(wanted)}", flush=True)
     reports: list[Report] = []
     measured = args.capacity
-    if "capacity" in wanted or ("overload" in wanted and measured is None):
+    if "capacity" in wanted or ({"overload", "overload5x"} & set(wanted) and measured is None):
         reports.append(capacity(checkpoint, env, requests, args.capacity_seconds))
         measured = measured or reports[-1].extra["img_s"]
         print(format_table(reports[-1:]), flush=True)
@@ -483,6 +622,9 @@ def main(argv: list[str] | None = None) -> None:
         "slowloris": lambda: slowloris(checkpoint, env, requests, args.slow_connections, args.slow_read_timeout),
         "sigterm": lambda: sigterm_trials(checkpoint, env, requests, args.sigterm_trials),
         "soak": lambda: soak(checkpoint, env, requests, args.soak_seconds),
+        "hostile": lambda: hostile_images(checkpoint, env, args.hostile_requests),
+        "head": lambda: head_attack(checkpoint, env),
+        "overload5x": lambda: _overload_5x(checkpoint, env, requests, measured, args.overload_seconds),
     }
     for name in wanted:
         if name in runs:

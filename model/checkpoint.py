@@ -185,12 +185,20 @@ def _dequantize(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _unpickling_reason(exc: Exception) -> str:
+    """What torch refused to unpickle ("unsupported GLOBAL posix.system ..."), without its advice
+    to retry with ``weights_only=False``: that would run the file's code."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if "weights_only" not in line and not line.startswith("Weights only load failed")]
+    return reasons[0] if reasons else type(exc).__name__
+
+
 def _load_state_dict_file(path: Path, labels: list[str] | None) -> Checkpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"refused to unpickle objects other than tensors ({first})") from exc
+        reason = _unpickling_reason(exc)
+        raise CheckpointError(path, f"refused to unpickle objects other than tensors ({reason})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(path, f"truncated or corrupt file ({exc})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -302,7 +310,9 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a state written by ``save_training_state`` (never unpickles objects)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(path, f"unreadable training state ({_unpickling_reason(exc)})") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(path, f"unreadable training state ({exc})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(path, "training state is not a mapping")

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from model.presets import Preprocessing, resize_shorter
+from model.presets import Preprocessing, resize_shorter, resizes_whole
 
 GpuDecode = Literal["auto", "on", "off"]
 DECODABLE_MODES = frozenset({"RGB", "L"})  # CMYK/YCCK JPEGs keep the CPU path
@@ -33,6 +33,7 @@ _ORIENTATION_TAG = 0x0112
 _END_OF_IMAGE = b"\xff\xd9"
 # Full-size pixels decoded by one call: bounds device memory when a batch holds large photos.
 CHUNK_PIXELS = 1 << 27
+_EVAL = Preprocessing()
 
 
 def decodes_on_device(setting: GpuDecode, device: torch.device) -> bool:
@@ -50,11 +51,12 @@ class EncodedJpeg:
     orientation: int  # EXIF orientation: 1 (as stored) to 8
 
 
-def jpeg_header(data: bytes, max_pixels: int | None) -> EncodedJpeg | None:
+def jpeg_header(data: bytes, max_pixels: int | None, prep: Preprocessing = _EVAL) -> EncodedJpeg | None:
     """An ``EncodedJpeg`` for a complete JPEG in RGB or greyscale within ``max_pixels``, read from
-    its header without decoding; None for anything else (other formats, CMYK, too many pixels, no
-    end-of-image marker after its scan starts as in a truncated upload, unreadable bytes), which
-    the CPU path decodes or refuses with its own error."""
+    its header without decoding; None for anything else (other formats, CMYK, too many pixels, a
+    strip too thin or tall to resize whole for ``prep`` (``presets.resizes_whole``: the CPU path
+    resizes only its crop), no end-of-image marker after its scan starts as in a truncated upload,
+    unreadable bytes), which the CPU path decodes or refuses with its own error."""
     stream = io.BytesIO(data)
     try:
         with Image.open(stream) as image:
@@ -65,7 +67,7 @@ def jpeg_header(data: bytes, max_pixels: int | None) -> EncodedJpeg | None:
             orientation = image.getexif().get(_ORIENTATION_TAG, 1)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None
-    if max_pixels is not None and width * height > max_pixels:
+    if (max_pixels is not None and width * height > max_pixels) or not resizes_whole(width, height, prep):
         return None
     if data.find(_END_OF_IMAGE, scan) < 0:  # the marker cannot occur inside entropy-coded data
         return None

@@ -21,6 +21,10 @@ from torchvision.transforms.v2 import functional as TF
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Largest image resized whole before its centre crop: 4 Mi pixels (12 MiB in RGB), any aspect ratio
+# up to 64:1 at the default sizes. Past it only the region that the crop keeps is resized.
+MAX_RESIZED_PIXELS = 1 << 22
+
 
 class ImageError(ValueError):
     """The bytes are not an image we can use; the message says why."""
@@ -42,6 +46,10 @@ class Preprocessing:
     resize_size: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if not 0 < self.input_size <= self.resize_size:
+            raise ValueError(f"input_size {self.input_size} must be in 1..resize_size ({self.resize_size})")
 
 
 def open_image(
@@ -89,11 +97,39 @@ def _decode(
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed"
         )
+    if max_pixels is not None and (cost := decode_bytes(image)) > max_pixels * BUDGET_BYTES_PER_PIXEL:
+        raise ImageTooLargeError(
+            f"{image.format} image of {width}x{height} pixels would take {cost >> 20} MiB to decode, more than the "
+            f"{max_pixels * BUDGET_BYTES_PER_PIXEL >> 20} MiB allowed for one image"
+        )
     if draft_size is not None and image.format == "JPEG":
         image.draft("RGB", (draft_size, draft_size))
     image.load()  # first frame only for GIF/TIFF/WebP animations
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)  # a copy otherwise, even when there is nothing to turn
     return to_rgb(image)
+
+
+# What decoding may hold per pixel that ``max_pixels`` allows: an RGB image at the limit, decoded and
+# converted, fits; formats and modes that hold more per pixel (``decode_bytes``) fit at fewer pixels.
+BUDGET_BYTES_PER_PIXEL = 8
+_BLENDED_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+
+
+def decode_bytes(image: Image.Image) -> int:
+    """Bytes that decoding ``image`` (opened, not loaded) and converting it to RGB hold at their peak,
+    from its header: its canvas times what each pixel costs on its way (measured on Pillow 13).
+
+    Every WebP, still or animated, goes through libwebp's animation decoder, which keeps two RGBA
+    canvases beside PIL's copy; images with transparency are blended onto white in RGBA; 16- and
+    32-bit greyscale is scaled in float64."""
+    blended = image.mode in _BLENDED_MODES or (image.mode == "P" and "transparency" in image.info)
+    if image.format == "WEBP":
+        per_pixel = 26
+    elif blended or image.mode.startswith("I") or image.mode == "F":
+        per_pixel = 16
+    else:
+        per_pixel = 7  # up to 4 bytes decoded (CMYK) and 3 in RGB
+    return image.width * image.height * per_pixel
 
 
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
@@ -123,9 +159,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         array = np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
     if image.mode == "P":
+        if "transparency" not in image.info:  # opaque: straight to RGB, without an RGBA copy to blend
+            return image.convert("RGB")
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
+    if image.mode in _BLENDED_MODES:
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
@@ -136,10 +174,43 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
     return TF.resize(image, [size], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after ``resize_shorter(image, size)``, as torchvision computes it."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def crop_box(width: int, height: int, prep: Preprocessing) -> tuple[float, float, float, float]:
+    """The region of a ``width``×``height`` image that the evaluation transform keeps (resize the
+    shorter side to ``resize_size``, centre crop ``input_size``), in the image's own pixels."""
+    new_width, new_height = resized_size(width, height, prep.resize_size)
+    top = round((new_height - prep.input_size) / 2)  # torchvision's centre-crop anchor
+    left = round((new_width - prep.input_size) / 2)
+    scale_x, scale_y = width / new_width, height / new_height
+    right, bottom = left + prep.input_size, top + prep.input_size
+    return left * scale_x, top * scale_y, min(width, right * scale_x), min(height, bottom * scale_y)
+
+
+def resizes_whole(width: int, height: int, prep: Preprocessing) -> bool:
+    """Whether resizing all of a ``width``×``height`` image before its centre crop stays within
+    ``MAX_RESIZED_PIXELS``: true of every photo; false of thin or tall strips (65,500×1 would be
+    resized to 16.8 M × 256 pixels), of which only the region the crop keeps is resized."""
+    new_width, new_height = resized_size(width, height, prep.resize_size)
+    return new_width * new_height <= MAX_RESIZED_PIXELS
+
+
 def eval_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """Evaluation transform: resize shorter side, center crop, uint8 CHW tensor."""
-    image = TF.center_crop(resize_shorter(image, prep.resize_size), [prep.input_size])
-    return TF.pil_to_tensor(image)
+    """Evaluation transform: resize shorter side, center crop, uint8 CHW tensor.
+
+    Past ``MAX_RESIZED_PIXELS`` only the crop's region is resized (PIL reads the pixels around it
+    for the filter): the same pixels within 1 level (PIL takes the region's corners as float32),
+    for the work and memory of one crop."""
+    if resizes_whole(image.width, image.height, prep):
+        return TF.pil_to_tensor(TF.center_crop(resize_shorter(image, prep.resize_size), [prep.input_size]))
+    size = (prep.input_size, prep.input_size)
+    crop = image.resize(size, Image.Resampling.BILINEAR, box=crop_box(image.width, image.height, prep))
+    return TF.pil_to_tensor(crop)
 
 
 def load_eval_tensor(
