@@ -17,10 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+import httpx
 from tqdm import tqdm
 
 from alexnet_client.client import DEFAULT_URL, Client, Outcome
-from alexnet_client.errors import AlexNetError, ApiError
+from alexnet_client.errors import AlexNetError, ApiError, ConnectionFailed
 from alexnet_client.protocol import ImageInput
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -126,21 +127,57 @@ def in_order(outcomes: Iterator[tuple[int, Outcome]]) -> Iterator[tuple[int, Out
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    # Defaults are written into each help text: argparse's ArgumentDefaultsHelpFormatter would
+    # print "(default: None)" after our own words, and the API key read from the environment.
     parser = argparse.ArgumentParser(
-        prog="alexnet-predict",
-        description="Classify images with a running alexnet-serving server.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="alexnet-predict", description="Classify images with a running alexnet-serving server."
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or - for stdin")
-    parser.add_argument("--url", default=os.environ.get("ALEXNET_URL", DEFAULT_URL), help="server (env ALEXNET_URL)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("ALEXNET_URL", DEFAULT_URL),
+        help=f"server (default: $ALEXNET_URL, else {DEFAULT_URL})",
+    )
     parser.add_argument("--model", help="served model name (default: the server's first)")
-    parser.add_argument("--top-k", type=int, default=1, help="classes per image")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    parser.add_argument("--files-per-request", type=int, default=8, help="images per request")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="stdout format")
-    parser.add_argument("--api-key", default=os.environ.get("ALEXNET_API_KEY"), help="bearer key (env ALEXNET_API_KEY)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--top-k", type=int, default=1, help="classes per image (default: 1)")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: 4)")
+    parser.add_argument("--files-per-request", type=int, default=8, help="images per request (default: 8)")
+    parser.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="stdout format (default: table)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("ALEXNET_API_KEY"),
+        help="key for servers that set ALEXNET_API_KEYS (default: $ALEXNET_API_KEY)",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
     return parser
+
+
+def hint(error: AlexNetError, args: argparse.Namespace) -> str | None:
+    """One line saying what to do about a failure that is not the image's fault, or None."""
+    if isinstance(error, ConnectionFailed) and isinstance(error.__cause__, httpx.ConnectError):
+        return f"no server answers at {args.url}: is the server running? start it with alexnet-serve (or set --url)"
+    if not isinstance(error, ApiError):
+        return None
+    if error.status == 401:
+        if args.api_key:
+            return "the server refused the API key: check --api-key or ALEXNET_API_KEY"
+        return "the server needs an API key: pass --api-key KEY or set ALEXNET_API_KEY"
+    if error.status == 429:
+        return "the server stayed overloaded after retries: lower --concurrency or --files-per-request, or retry later"
+    if error.status == 503:
+        return "the server is not ready (still warming up, or shutting down): wait for its 'ready in' line and retry"
+    return None
+
+
+def summary(total: int, failures: int, images: int, seconds: float) -> str:
+    """``N of M images classified, F failed``, and the time and rate when any was classified."""
+    line = f"{total - failures} of {total} images classified, {failures} failed"
+    if total == failures:
+        return line
+    rate = images / seconds if seconds > 0 else 0.0
+    return f"{line}; {seconds:.1f} s, {rate:.1f} img/s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer = Writer(args.format, args.top_k, sys.stdout)
     writer.header()
     failures = len(missing)
+    hints: dict[str, None] = {}  # each once, in the order met
     started = time.perf_counter()
     with (
         Client(args.url, args.api_key, timeout=args.timeout) as client,
@@ -168,17 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # On a terminal the bar is lifted while a line is written; redirected output needs no care.
         shared_screen = sys.stdout.isatty() and not bar.disable
         for index, outcome in in_order(outcomes):
-            failures += isinstance(outcome, AlexNetError)
+            if isinstance(outcome, AlexNetError):
+                failures += 1
+                hints.update({line: None for line in [hint(outcome, args)] if line})
             with tqdm.external_write_mode(file=sys.stdout) if shared_screen else contextlib.nullcontext():
                 writer.write(name_of(images[index]), outcome)
             bar.update()
+    for line in hints:
+        print(f"alexnet-predict: {line}", file=sys.stderr)
     seconds = time.perf_counter() - started
-    rate = len(images) / seconds if seconds > 0 else 0.0
-    total = len(images) + len(missing)
-    print(
-        f"{total - failures} of {total} images classified, {failures} failed; {seconds:.1f} s, {rate:.1f} img/s",
-        file=sys.stderr,
-    )
+    print(summary(len(images) + len(missing), failures, len(images), seconds), file=sys.stderr)
     return 1 if failures else 0
 
 

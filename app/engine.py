@@ -313,8 +313,7 @@ class Engine:
         as a simulation (quantise/dequantise around fp32 ops), slower than fp32, so it gives way
         to what ``auto`` picks for an uncompiled model."""
         reason, cause = why_compile_failed(exc, self.settings.cache_dir)
-        logger.warning("torch.compile failed for %s: %s; serving it without compiling", self.info.name, cause)
-        logger.debug("torch.compile failure in full", exc_info=exc)
+        logger.debug("torch.compile failure in full", exc_info=exc)  # the warning comes with its cost, after warm-up
         self._degraded = (reason, f"compiling failed: {cause}")
         if self.dtype == torch.int8:
             self.dtype = parse_dtype("auto", self.device, int8_ready=False)

@@ -31,7 +31,7 @@ KEEP_ALIVE_S = 5
 def server_options(settings: Settings) -> dict[str, Any]:
     """``uvicorn.Config`` keyword arguments for slow, idle and surplus clients."""
     return {
-        "http": protocol_class(settings.read_timeout_s, settings.max_connections),
+        "http": protocol_class(settings.read_timeout_s, settings.max_connections, settings.max_header_bytes),
         "timeout_keep_alive": KEEP_ALIVE_S,
         "timeout_graceful_shutdown": max(1, round(settings.drain_timeout_s)),
     }

@@ -43,6 +43,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Literal
 
@@ -52,6 +53,7 @@ from app.startup import EXIT_NEVER_READY
 logger = logging.getLogger(__name__)
 
 EXIT_WORKER_DIED = 1
+METRICS_DIR_PREFIX = "alexnet-metrics-"  # then the supervisor's pid: a folder whose process is gone is stale
 _spawn = multiprocessing.get_context("spawn")
 
 
@@ -85,15 +87,10 @@ class Supervisor:
         self.status = 0
         self._signals: list[int] = []
 
-    def run(self) -> int:
-        import uvicorn
-
-        from app.logs import configure_logging
-
-        configure_logging(self.settings.log_level, self.log_format)
-        host, port = self.settings.host, self.settings.port
-        sock = uvicorn.Config("app.main:create_app", host=host, port=port, log_config=None).bind_socket()  # 3 if taken
-        metrics_dir = tempfile.mkdtemp(prefix="alexnet-metrics-")
+    def run(self, sock: socket.socket) -> int:
+        """Serve on ``sock`` (listening already, ``app.startup.listen``: a port clash has exited 2)."""
+        remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
+        metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client when a worker imports it
         wake_read, wake_write = socket.socketpair()
         wake_write.setblocking(False)
@@ -200,6 +197,30 @@ class Supervisor:
             _terminate(worker.process)
 
 
+def remove_stale_metrics_dirs(parent: Path) -> list[Path]:
+    """Remove the metrics folders in ``parent`` whose server process is gone (a supervisor killed
+    with SIGKILL cannot remove its own); returns them."""
+    stale = []
+    for folder in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = folder.name.removeprefix(METRICS_DIR_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            stale.append(folder)
+    if stale:
+        logger.info("removed %d metrics folders left by servers that were killed: %s", len(stale), stale[0].parent)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _terminate(process: BaseProcess) -> None:
     if process.exitcode is None:
         process.terminate()  # SIGTERM: the worker drains
@@ -222,9 +243,10 @@ def _worker_main(
 
     quiet_native_logs(log_format)  # before torch is imported
     from app.server import build_server
-    from app.startup import Startup
+    from app.startup import Startup, quiet_foreign_logs
 
     configure_logging(settings.log_level, log_format)
+    quiet_foreign_logs()
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerField(index))
     threading.Thread(target=_stop_with_parent, name="parent-watch", daemon=True).start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,14 +69,52 @@ def test_bad_checkpoint_exits_3_with_one_message_naming_the_file(tmp_path: Path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_on_a_machine_without_it_exits_3_with_one_message() -> None:
-    result = run_app({"ALEXNET_COMPILE": "false"}, "--device", "cuda")
+def test_cuda_on_a_machine_without_it_exits_3_before_loading_anything() -> None:
+    result = run_app({"ALEXNET_COMPILE": "false"}, "--device", "cuda", timeout=60)
     assert result.returncode == EXIT_NEVER_READY, result.stderr
     assert "Traceback" not in result.stderr
-    assert errors(json_lines(result.stderr)) == [
-        "device 'cuda' requested but CUDA is not available",
-        "Application startup failed. Exiting.",
-    ]
+    [record] = json_lines(result.stderr)  # one line: no checkpoint loaded, no server started
+    assert record["level"] == "ERROR" and record["logger"] == "app.startup"
+    assert record["message"].startswith("device 'cuda' requested but CUDA is not available (")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_in_use_exits_2_at_once_naming_the_address(workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_app({"ALEXNET_PORT": str(port), "ALEXNET_WORKERS": workers}, timeout=60)
+    assert result.returncode == EXIT_BAD_SETTING, result.stderr
+    [record] = json_lines(result.stderr)  # one line: nothing loaded, nothing else said
+    assert record["level"] == "ERROR"
+    assert record["message"].startswith(f"cannot listen on 127.0.0.1:{port}: the address is already in use")
+    assert record["message"].endswith("choose another port with --port or ALEXNET_PORT")
+
+
+def test_foreign_warnings_are_dropped_at_their_logger() -> None:
+    """The two torch warnings of every start, raised by their real sources (torchao's import,
+    torch.compile's C++ toolchain lookup on a machine with a CUDA toolkit and no GPU)."""
+    code = (
+        "import sys\n"
+        "from app.logs import configure_logging\n"
+        "from app.startup import quiet_foreign_logs\n"
+        "configure_logging('info', 'json')\n"
+        "if sys.argv[1] == 'quiet': quiet_foreign_logs()\n"
+        "import torch.utils.cpp_extension, torchao.quantization.pt2e.quantize_pt2e\n"
+        "from app.logs import adopt_library_loggers; adopt_library_loggers()\n"
+        "import logging; logging.getLogger('torch.utils._pytree').warning('kept: other warnings still print')\n"
+    )
+    cuda_home = os.environ | {"CUDA_HOME": str(REPO)}  # a toolkit folder: the message names it
+    loud, quiet = (
+        subprocess.run([sys.executable, "-c", code, how], env=cuda_home, capture_output=True, text=True, timeout=120)
+        for how in ("loud", "quiet")
+    )
+    foreign = ("No CUDA runtime is found", "KernelPreference")
+    if torch.cuda.is_available() or not all(text in loud.stderr for text in foreign):
+        pytest.skip(f"this machine does not raise both warnings:\n{loud.stderr}")
+    assert quiet.returncode == 0, quiet.stderr
+    assert [record["message"] for record in json_lines(quiet.stderr)] == ["kept: other warnings still print"]
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +149,9 @@ def test_phase_logs_tell_what_start_up_is_doing(start_app: Any, random_checkpoin
         assert len(found) == 1, f"one line starting {prefix!r} in {messages}"
         return found[0]
 
+    assert index(f"starting on 127.0.0.1:{server.port} (pid ") == 0, "ours is the first line"
+    premature = ("Uvicorn running on", "Waiting for application startup.", "Application startup complete.")
+    assert not [message for message in messages if message.startswith(premature)], "said before it was true"
     phases = [
         index(f"loaded checkpoint {random_checkpoint}: random-catdog (alexnet, 2 classes) in "),
         index("model random-catdog: device cpu (asked: auto), dtype "),
@@ -173,8 +215,9 @@ def test_compile_failure_falls_back_to_eager(start_app: Any, random_checkpoint: 
     assert answer.status_code == 200
     records = json_lines(server.output())
     warnings = [r["message"] for r in records if r["level"] == "WARNING" and r["logger"] == "app.engine"]
-    assert len(warnings) == 1 and warnings[0].startswith("torch.compile failed for random-catdog (")
-    assert warnings[0].endswith("); serving it without compiling")
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("model random-catdog is degraded: torch.compile is off because compiling failed: ")
+    assert "images/s" in warnings[0] and warnings[0].endswith("then restart")
     assert not errors(records)
 
 
@@ -194,8 +237,10 @@ def test_unwritable_cache_dir_serves_eager_with_a_warning(
     records = json_lines(server.output())
     assert model["compiled"] is False
     (warning,) = [r["message"] for r in records if r["level"] == "WARNING"]
-    assert warning.startswith("serving random-catdog without torch.compile: its cache folder cannot be written (")
-    assert str(blocker) in warning and warning.endswith("set ALEXNET_CACHE_DIR to a writable folder")
+    assert warning.startswith(
+        "model random-catdog is degraded: torch.compile is off because its cache folder cannot be written ("
+    )
+    assert str(blocker) in warning and warning.endswith("then restart")
 
 
 @pytest.mark.slow
