@@ -146,6 +146,7 @@ start_like_k8s() {
         --user 10001:10001 \
         --env ALEXNET_HOST=0.0.0.0 --env ALEXNET_PORT=8000 --env ALEXNET_DEVICE=auto \
         --env ALEXNET_LOG_LEVEL=info --env ALEXNET_CACHE_DIR=/var/cache/alexnet --env HOME=/tmp \
+        --env ALEXNET_MAX_QUEUE=96 --env ALEXNET_DRAIN_TIMEOUT_S=30 \
         --mount "type=volume,source=$cache_volume,target=/var/cache/alexnet" \
         --publish "127.0.0.1:$port:8000" \
         "$image" >/dev/null

