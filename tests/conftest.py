@@ -194,7 +194,12 @@ def start_server() -> Iterator[Callable[..., RunningServer]]:
 def fp32_server(random_checkpoint: Path) -> Iterator[RunningServer]:
     """A real server in fp32 with a wide batching window, shared by a test module."""
     server = RunningServer(
-        {"ALEXNET_CHECKPOINT": str(random_checkpoint), "ALEXNET_DTYPE": "fp32", "ALEXNET_MAX_DELAY_MS": "50"}
+        {
+            "ALEXNET_CHECKPOINT": str(random_checkpoint),
+            "ALEXNET_DTYPE": "fp32",
+            "ALEXNET_MAX_DELAY_MS": "50",
+            "ALEXNET_MAX_QUEUE": "128",  # its tests send bursts of 40 to be batched, not refused
+        }
     )
     yield server
     server.stop()

@@ -111,6 +111,10 @@ MEAN = 0.004  # mean |p_int8 - p_fp32|
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_shipped_int8_matches_fp32_eager_on_real_photos() -> None:
+    if not cpu_supports_int8():
+        # auto serves int8 only there; without VNNI, x86 int8 kernels add u8*s8 pairs in saturating 16 bits
+        # (vpmaddubsw): measured on an AVX2-only EPYC, largest |dp| 0.063 against 0.02 here
+        pytest.skip("int8 is served only on CPUs with AVX512-VNNI or AMX")
     require_catdog()
     shipped = load_checkpoint(SHIPPED)
     assert quantize.is_calibrated(shipped), "the shipped checkpoint carries its int8 calibration"

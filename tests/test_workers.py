@@ -29,6 +29,7 @@ TWO_WORKERS = {
     "ALEXNET_MAX_BATCH_SIZE": "2",
     "ALEXNET_COMPILE": "false",
     "ALEXNET_LOG_FORMAT": "json",
+    "ALEXNET_MAX_QUEUE": "128",  # bursts of 64 below count answers, not refusals (sizing: test_overload_head)
 }
 
 
