@@ -34,6 +34,7 @@ def server(random_checkpoint: Path, imagenet_checkpoint: Path) -> Iterator[Runni
             "ALEXNET_DTYPE": "fp32",
             "ALEXNET_MAX_BATCH_SIZE": "8",
             "ALEXNET_MAX_DELAY_MS": "50",
+            "ALEXNET_MAX_QUEUE": "128",  # requests of up to 32 images each, not refused (sizing: test_overload_head)
         }
     )
     yield running
