@@ -225,3 +225,12 @@ def headless_chromium(profile: Path, *extra_flags: str) -> object:
     for flag in (*CHROME_FLAGS, *extra_flags, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+
+
+def ready_in_process(client: Any, timeout_s: float = 120) -> Any:
+    """An in-process ``TestClient`` once its ``/readyz`` says 200 (models warmed up)."""
+    deadline = time.monotonic() + timeout_s
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "never became ready"
+        time.sleep(0.02)
+    return client

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import make_image
+from tests.conftest import make_image, ready_in_process
 
 KEYS = "alpha-key-1,beta-key-2"
 ORIGIN = "https://app.example"
@@ -30,19 +30,11 @@ V2_BODY = json.dumps(
 ).encode()
 
 
-def _ready(client: TestClient) -> TestClient:
-    deadline = time.monotonic() + 60
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "never became ready"
-        time.sleep(0.02)
-    return client
-
-
 @pytest.fixture(scope="module")
 def client(random_checkpoint: Path) -> Iterator[TestClient]:
     settings = Settings(models=f"catdog={random_checkpoint}", dtype="fp32", api_keys=KEYS, cors_origins=ORIGIN)
     with TestClient(create_app(settings)) as test_client:
-        yield _ready(test_client)
+        yield ready_in_process(test_client, 60)
 
 
 # (method, path, body headers, body): every route that needs a key when keys are set
@@ -169,7 +161,7 @@ def test_cors_for_the_configured_origin_only(client: TestClient) -> None:
 
 def test_unset_means_open_and_no_cors(random_checkpoint: Path) -> None:
     with TestClient(create_app(Settings(checkpoint=random_checkpoint, dtype="fp32"))) as open_client:
-        _ready(open_client)
+        ready_in_process(open_client, 60)
         assert open_client.get("/models").status_code == 200
         answer = open_client.post("/predict", content=IMAGE, headers={"Content-Type": "image/jpeg", "Origin": ORIGIN})
         assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers

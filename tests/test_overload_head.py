@@ -4,7 +4,6 @@ default admission limit is sized at warm-up from the model's own timings."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,24 +14,16 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import make_image
+from tests.conftest import make_image, ready_in_process
 
 KEY = "s3cret-key"
-
-
-def _ready(client: TestClient) -> TestClient:
-    deadline = time.monotonic() + 120
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "never became ready"
-        time.sleep(0.02)
-    return client
 
 
 @pytest.fixture(scope="module")
 def client(random_checkpoint: Path) -> Iterator[TestClient]:
     settings = Settings(models=f"catdog={random_checkpoint}", dtype="fp32", max_queue=1, api_keys=KEY)  # type: ignore[call-arg]
     with TestClient(create_app(settings)) as test_client:
-        yield _ready(test_client)
+        yield ready_in_process(test_client)
 
 
 async def _no_thread(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +59,7 @@ def test_the_default_queue_holds_about_a_second_of_measured_work(
     caplog.set_level(logging.INFO, logger="app.service")
     settings = Settings(checkpoint=random_checkpoint, dtype="fp32", max_batch_size=4)  # type: ignore[call-arg]
     with TestClient(create_app(settings)) as client:
-        limit = _ready(client).get("/models").json()["models"][0]["batching"]["max_queue"]
+        limit = ready_in_process(client).get("/models").json()["models"][0]["batching"]["max_queue"]
     sized = [record for record in caplog.records if record.getMessage().startswith("max_queue for")]
     assert len(sized) == 1
     assert sized[0].fields["max_queue"] == limit  # type: ignore[attr-defined]
@@ -79,5 +70,5 @@ def test_an_explicit_max_queue_wins(random_checkpoint: Path, caplog: pytest.LogC
     caplog.set_level(logging.INFO, logger="app.service")
     settings = Settings(checkpoint=random_checkpoint, dtype="fp32", max_queue=7)  # type: ignore[call-arg]
     with TestClient(create_app(settings)) as client:
-        assert _ready(client).get("/models").json()["models"][0]["batching"]["max_queue"] == 7
+        assert ready_in_process(client).get("/models").json()["models"][0]["batching"]["max_queue"] == 7
     assert not [record for record in caplog.records if record.getMessage().startswith("max_queue for")]
